@@ -1,0 +1,86 @@
+"""Static residual blocks: the inverted-residual convolution block and the pre-norm transformer block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.nn.layers import ConvBNAct
+from compress.nn.token_merging import merge_tokens
+
+
+class MBConv(nn.Module):
+    """Inverted residual block (MobileNetV2): 1x1 expand, kxk depthwise, 1x1 project, identity shortcut."""
+
+    def __init__(self, dim: int, hidden: int, kernel_size: int):
+        super().__init__()
+        self.pw1 = ConvBNAct(dim, hidden, 1)
+        self.dw = ConvBNAct(hidden, hidden, kernel_size, groups=hidden)
+        self.pw2 = ConvBNAct(hidden, dim, 1, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pw2(self.dw(self.pw1(x)))
+
+    def config(self) -> dict:
+        return {"type": "conv", "hidden": self.pw1.conv.out_channels, "kernel_size": self.dw.conv.kernel_size[0]}
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an optional proportional-attention bias for merged tokens.
+
+    The qkv projection is one Linear laid out as (3, heads, head_dim) so that torch-pruning can remove
+    whole heads; after pruning only ``num_heads`` has to be updated (head_dim is derived from shapes).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim)
+        self.proj = nn.Linear(num_heads * head_dim, dim)
+
+    @property
+    def head_dim(self) -> int:
+        return self.qkv.out_features // (3 * self.num_heads)
+
+    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, head_dim)
+        bias = None
+        if size is not None:
+            bias = size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N): a merged key counts `size` times
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(batch, tokens, -1)
+        return self.proj(out), k.mean(dim=1)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block; ``merge_r`` tokens are merged between attention and MLP (as in ToMe)."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, merge_r: int = 0):
+        super().__init__()
+        self.merge_r = merge_r
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(mlp_hidden, dim)
+
+    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, metric = self.attn(self.norm1(x), size)
+        x = x + attn_out
+        if self.merge_r > 0:
+            x, size = merge_tokens(x, size, metric, self.merge_r)
+        x = x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        return x, size
+
+    def config(self) -> dict:
+        return {
+            "type": "attn",
+            "heads": self.attn.num_heads,
+            "head_dim": self.attn.head_dim,
+            "mlp_hidden": self.fc1.out_features,
+            "merge_r": self.merge_r,
+        }

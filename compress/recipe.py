@@ -1,0 +1,411 @@
+"""Recipes: the validated, versioned YAML files that drive every command.
+
+A recipe names the data, the search space, how to train the supernet, what to search (objectives,
+constraints, sampler, policies), the target device and what to export. Unknown keys, wrong types,
+out-of-range values and missing files are refused with a message naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compress.data import SOURCES
+from compress.errors import RecipeError
+from compress.space import SearchSpace
+from compress.yamlio import read_yaml, validate_model
+
+RECIPE_VERSION = 1
+
+# Metrics every trial measures; objectives and constraints may only name these.
+METRICS = {
+    "accuracy": "maximize",
+    "latency_ms": "minimize",
+    "latency_p90_ms": "minimize",
+    "size_mb": "minimize",
+    "params": "minimize",
+    "macs": "minimize",
+}
+SAMPLERS = ("nsga2", "tpe", "random", "gp")
+RUNTIMES = ("onnxruntime", "torch")
+DEVICES = ("cpu", "cuda")
+QUANT_BACKENDS = {
+    # runtime -> backends a trial may choose between; measured latency decides which pays.
+    "onnxruntime": ("ort-static", "ort-dynamic"),
+    "torch": ("bnb-int8", "bnb-nf4", "torchao-int8"),
+}
+PRUNE_IMPORTANCE = ("magnitude", "taylor", "hessian")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NormalizeConfig(_Strict):
+    mean: list[float]
+    std: list[float]
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(default=0, ge=0, le=64)
+    hflip: bool = False
+
+
+class DataConfig(_Strict):
+    source: str
+    path: str | None = None
+    image_size: int | None = Field(default=None, ge=4, le=1024)
+    channels: Literal[1, 3] | None = None
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
+    size: int | None = Field(default=None, ge=1)
+    num_classes: int | None = Field(default=None, ge=2)
+    normalize: NormalizeConfig | None = None
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"unknown data source; expected one of {list(SOURCES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source in ("imagefolder", "cifar10") and not self.path:
+            raise ValueError(f"source {self.source!r} needs data.path")
+        return self
+
+
+class SupernetConfig(_Strict):
+    epochs: int = Field(default=12, ge=1, le=100_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    lr: float = Field(default=3e-3, gt=0, le=10)
+    weight_decay: float = Field(default=0.05, ge=0, le=10)
+    warmup_fraction: float = Field(default=0.15, ge=0, lt=1)
+    random_subnets: int = Field(default=2, ge=0, le=32, description="random subnets per step besides largest and smallest")
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    distill_temperature: float = Field(default=1.0, gt=0, le=100)
+    grad_clip: float = Field(default=5.0, gt=0)
+    bn_calibration_batches: int = Field(default=10, ge=1, le=10_000)
+    checkpoint_every: int = Field(default=1, ge=1, description="epochs between resumable checkpoints")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+class ObjectiveConfig(_Strict):
+    metric: str
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"metric": v} if isinstance(v, str) else v
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown metric; expected one of {sorted(METRICS)}")
+        return v
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or METRICS[self.metric]
+
+
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+
+
+class ConstraintConfig(_Strict):
+    """``metric <= value`` or ``metric >= value``; given in YAML as that string."""
+
+    metric: str
+    op: Literal["<=", ">="]
+    value: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = _CONSTRAINT.match(v)
+            if not m:
+                raise ValueError(f"constraint {v!r} is not of the form 'metric <= number' or 'metric >= number'")
+            return {"metric": m.group(1), "op": m.group(2), "value": float(m.group(3))}
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"constraint on unknown metric {v!r}; expected one of {sorted(METRICS)}")
+        return v
+
+    def violation(self, metrics: dict[str, float]) -> float:
+        """Optuna's convention: feasible when <= 0."""
+        value = metrics[self.metric]
+        return value - self.value if self.op == "<=" else self.value - value
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+class SamplerConfig(_Strict):
+    name: Literal["nsga2", "tpe", "random", "gp"] = "nsga2"
+    population_size: int = Field(default=12, ge=2, le=10_000)
+    seed: int | None = None
+
+
+class QuantizeSearch(_Strict):
+    enabled: bool = True
+    backends: list[str] | None = Field(default=None, description="default: every backend of the target runtime")
+    calibration_batches: int = Field(default=8, ge=1, le=1000)
+
+
+class PruneSearch(_Strict):
+    enabled: bool = False
+    ratios: list[float] = Field(default=[0.0, 0.25, 0.5])
+    importance: list[str] = Field(default=["magnitude", "taylor"])
+    calibration_batches: int = Field(default=2, ge=1, le=1000)
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 <= r < 1 for r in v):
+            raise ValueError("pruning ratios must be a non-empty list of numbers in [0, 1)")
+        return sorted(set(v))
+
+    @field_validator("importance")
+    @classmethod
+    def _importance(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if x not in PRUNE_IMPORTANCE]
+        if not v or bad:
+            raise ValueError(f"importance must be a non-empty subset of {list(PRUNE_IMPORTANCE)}")
+        return v
+
+
+class MergeSearch(_Strict):
+    enabled: bool = False
+    r: list[int] = Field(default=[0, 4, 8])
+
+    @field_validator("r")
+    @classmethod
+    def _r(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 0 for x in v):
+            raise ValueError("r must be a non-empty list of non-negative integers")
+        return sorted(set(v))
+
+
+class DistillSearch(_Strict):
+    enabled: bool = False
+    teacher: str = Field(default="largest", description="'largest' (the supernet's), an artifact dir, or module:factory")
+    teacher_weights: str | None = None
+    steps: list[int] = Field(default=[0, 50])
+    temperature: list[float] = Field(default=[1.0, 4.0])
+    weight: list[float] = Field(default=[0.5, 0.9])
+    feature_weight: list[float] = Field(default=[0.0])
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    batch_size: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "DistillSearch":
+        for name in ("steps", "temperature", "weight", "feature_weight"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"{name} needs at least one value")
+        if any(s < 0 for s in self.steps):
+            raise ValueError("steps must be >= 0")
+        if any(t <= 0 for t in self.temperature):
+            raise ValueError("temperature must be > 0")
+        if any(not 0 <= w <= 1 for w in self.weight):
+            raise ValueError("weight must be in [0, 1]")
+        if any(w < 0 for w in self.feature_weight):
+            raise ValueError("feature_weight must be >= 0")
+        return self
+
+
+class PoliciesConfig(_Strict):
+    quantize: QuantizeSearch = QuantizeSearch()
+    prune: PruneSearch = PruneSearch()
+    merge: MergeSearch = MergeSearch()
+    distill: DistillSearch = DistillSearch()
+
+
+class SearchConfig(_Strict):
+    n_trials: int | None = Field(default=40, ge=1, le=1_000_000)
+    timeout_s: float | None = Field(default=None, gt=0)
+    sampler: SamplerConfig = SamplerConfig()
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=lambda: [ObjectiveConfig(metric="accuracy"), ObjectiveConfig(metric="latency_ms"),
+                                 ObjectiveConfig(metric="size_mb")]
+    )
+    constraints: list[ConstraintConfig] = Field(default_factory=list)
+    storage: str | None = Field(default=None, description="Optuna storage URL; default a SQLite file in the run dir")
+    study_name: str | None = None
+    policies: PoliciesConfig = PoliciesConfig()
+    retry_failed: int = Field(default=0, ge=0, le=100, description="re-queue a trial whose worker died, this often")
+    heartbeat_s: int = Field(default=30, ge=1, le=3600)
+    eval_batch_size: int = Field(default=256, ge=1)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
+        if not v:
+            raise ValueError("at least one objective is needed")
+        names = [o.metric for o in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"repeated objective in {names}")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> "SearchConfig":
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("give n_trials, timeout_s, or both")
+        return self
+
+
+class TargetConfig(_Strict):
+    device: Literal["cpu", "cuda"] = "cpu"
+    runtime: str = "onnxruntime"
+    batch_size: int = Field(default=1, ge=1, le=4096)
+    threads: int = Field(default=1, ge=1, le=256)
+    warmup: int = Field(default=10, ge=0, le=10_000)
+    repeats: int = Field(default=50, ge=3, le=100_000)
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime(cls, v: str) -> str:
+        if v not in RUNTIMES:
+            raise ValueError(f"unknown runtime; expected one of {list(RUNTIMES)}")
+        return v
+
+
+class ExportConfig(_Strict):
+    pareto: bool = True
+    onnx: bool = True
+    baselines: bool = True
+
+
+class Recipe(_Strict):
+    version: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    space: str
+    data: DataConfig
+    supernet: SupernetConfig = SupernetConfig()
+    search: SearchConfig = SearchConfig()
+    target: TargetConfig = TargetConfig()
+    export: ExportConfig = ExportConfig()
+    run_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Recipe":
+        backends = self.search.policies.quantize.backends
+        allowed = QUANT_BACKENDS[self.target.runtime]
+        if backends is not None:
+            bad = [b for b in backends if b not in allowed]
+            if bad or not backends:
+                raise ValueError(
+                    f"search.policies.quantize.backends {backends} not available for runtime "
+                    f"{self.target.runtime!r}; expected a subset of {list(allowed)}"
+                )
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class LoadedRecipe:
+    """A validated recipe plus what was resolved from its location: the space file and the data path."""
+
+    def __init__(self, recipe: Recipe, path: Path, space_path: Path, space: SearchSpace, data_path: Path | None):
+        self.recipe = recipe
+        self.path = path
+        self.space_path = space_path
+        self.space = space
+        self.data_path = data_path
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    def run_dir(self, override: str | Path | None = None) -> Path:
+        if override is not None:
+            return Path(override)
+        if self.recipe.run_dir is not None:
+            return _resolve(self.recipe.run_dir, self.path.parent, must_exist=False)
+        return Path("runs") / self.recipe.name
+
+    def recipe_hash(self) -> str:
+        """Hash of the recipe's content (after defaults) and of the space's content."""
+        blob = json.dumps({"recipe": self.recipe.model_dump(mode="json"), "space": self.space.to_dict()},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def supernet_key(self) -> str:
+        """Hash of what determines the trained supernet: data, space, supernet settings and seed.
+
+        A checkpoint is reused by ``compress run`` only if its key matches, so editing the search section
+        of a recipe does not retrain the supernet, while editing the data or the space does.
+        """
+        data = self.recipe.data.model_dump(mode="json")
+        data["path"] = str(self.data_path) if self.data_path else None
+        blob = json.dumps({"data": data, "space": self.space.to_dict(),
+                           "supernet": self.recipe.supernet.model_dump(mode="json"), "seed": self.recipe.seed},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def load_data(self):
+        from compress.data import load_dataset
+
+        d = self.recipe.data
+        return load_dataset(
+            d.source,
+            path=str(self.data_path) if self.data_path else None,
+            image_size=d.image_size,
+            channels=d.channels,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+            seed=self.recipe.seed,
+            normalize=d.normalize.model_dump() if d.normalize else None,
+            size=d.size,
+            num_classes=d.num_classes,
+        )
+
+
+def _resolve(value: str, base: Path, must_exist: bool = True) -> Path:
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return p
+    candidate = base / p
+    if candidate.exists() or not must_exist:
+        return candidate
+    if p.exists():  # relative to the working directory
+        return p
+    return candidate
+
+
+def load_recipe(path: str | Path) -> LoadedRecipe:
+    """Read and validate a recipe, and the search space it names. Raises :class:`RecipeError`."""
+    path = Path(path)
+    data = read_yaml(path)
+    version = data.get("version")
+    if version is None:
+        raise RecipeError(f"{path}: version: required field is missing (this compress reads version {RECIPE_VERSION})")
+    if version != RECIPE_VERSION:
+        raise RecipeError(f"{path}: version: {version!r} is not supported (this compress reads version {RECIPE_VERSION})")
+    recipe = validate_model(Recipe, data, str(path))
+    space_path = _resolve(recipe.space, path.parent)
+    if not space_path.is_file():
+        raise RecipeError(f"{path}: space: search space file {str(space_path)!r} not found")
+    space = SearchSpace.from_yaml(space_path)
+    data_path = None
+    if recipe.data.path is not None:
+        data_path = _resolve(recipe.data.path, path.parent)
+        if not data_path.exists():
+            raise RecipeError(f"{path}: data.path: {str(data_path)!r} does not exist")
+    return LoadedRecipe(recipe, path, space_path, space, data_path)

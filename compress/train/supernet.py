@@ -1,0 +1,237 @@
+"""Supernet training: sandwich rule with in-place distillation (BigNAS / NASViT / AttentiveNAS practice).
+
+Each step trains the largest subnet on the labels, then the smallest and ``random_subnets`` random subnets
+on the largest subnet's (detached) soft predictions. The losses are summed and back-propagated once, so the
+step is one graph and runs unchanged under DistributedDataParallel. Every rank draws the same subnets
+(the subnet sampler is seeded per epoch), which DDP requires.
+
+State is saved with ``accelerator.save_state`` every ``checkpoint_every`` epochs; a run that is interrupted
+and started again resumes from the last saved epoch. The final checkpoint is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from compress.data import DatasetSplits, augment_batch, calibration_batches, make_loader
+from compress.errors import CompressError
+from compress.fsutil import ensure_writable_dir, replace_dir, recover_dir, write_json_atomic
+from compress.measure.accuracy import accuracy
+from compress.provenance import package_versions
+from compress.recipe import LoadedRecipe
+from compress.supernet.checkpoint import META, load_supernet, save_supernet
+from compress.supernet.hybrid import HybridSupernet
+from compress.supernet.subnet import calibrated_subnet
+
+PROGRESS = "progress.json"
+
+
+def supernet_dir(run_dir: Path) -> Path:
+    return run_dir / "supernet"
+
+
+def _state_dir(run_dir: Path) -> Path:
+    return run_dir / "supernet-state"
+
+
+def checkpoint_matches(run_dir: Path, key: str) -> bool:
+    meta = supernet_dir(run_dir) / META
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("supernet_key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # No weight decay on norms, biases and 1-d parameters (standard for transformers and BN nets).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _warmup_cosine(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | None = None,
+                   log=print) -> Path:
+    """Train (or resume, or reuse) the recipe's supernet; return the checkpoint directory."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    recipe, cfg, space = loaded.recipe, loaded.recipe.supernet, loaded.space
+    key = loaded.supernet_key()
+    final_dir, state_dir = supernet_dir(run_dir), _state_dir(run_dir)
+    recover_dir(final_dir)
+    recover_dir(state_dir)
+    if checkpoint_matches(run_dir, key):
+        log(f"supernet checkpoint {final_dir} matches this recipe (key {key}); reusing it")
+        return final_dir
+    if (final_dir / META).exists():
+        raise CompressError(
+            f"{final_dir} holds a supernet trained from a different recipe, data or space; it is left intact. "
+            "Use another run directory (--run-dir) or remove that checkpoint to train a new one."
+        )
+    ensure_writable_dir(run_dir)
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(recipe.seed)
+    data = data or loaded.load_data()
+    supernet = HybridSupernet(space, data.in_channels, data.num_classes, data.mean, data.std)
+    optimizer = torch.optim.AdamW(_param_groups(supernet, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = len(make_loader(data.train, cfg.batch_size * accelerator.num_processes, shuffle=False,
+                                      drop_last=True))
+    if steps_per_epoch == 0:
+        raise CompressError(f"supernet.batch_size {cfg.batch_size} is larger than the training split "
+                            f"({len(data.train)} images)")
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps, cfg.warmup_fraction))
+    model, optimizer, scheduler = accelerator.prepare(supernet, optimizer, scheduler)
+
+    start_epoch = 0
+    progress_file = state_dir / PROGRESS
+    if progress_file.is_file():
+        progress = json.loads(progress_file.read_text())
+        if progress.get("supernet_key") != key:
+            raise CompressError(
+                f"{state_dir} holds a partial training run of a different recipe; it is left intact. "
+                "Use another run directory (--run-dir) or remove it."
+            )
+        accelerator.load_state(str(state_dir))
+        start_epoch = progress["epochs_done"]
+        log(f"resuming supernet training from epoch {start_epoch}/{cfg.epochs} ({state_dir})")
+
+    largest = space.largest()
+    temperature = cfg.distill_temperature
+    started = time.time()
+    # A bar on a terminal; in logs (CI, nohup) one line per epoch instead.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, desc="supernet", unit="step",
+               disable=not (accelerator.is_main_process and interactive), dynamic_ncols=True, file=sys.stderr)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        # Seeded per epoch, so a resumed run sees the same batches and subnets as an uninterrupted one and
+        # every rank samples the same subnets.
+        rng = random.Random(recipe.seed * 100_003 + epoch)
+        aug_gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+        loader = accelerator.prepare_data_loader(
+            make_loader(data.train, cfg.batch_size, shuffle=True, seed=recipe.seed * 100_003 + epoch, drop_last=True)
+        )
+        epoch_loss, seen = 0.0, 0
+        for x, y in loader:
+            x = augment_batch(x, crop_padding=recipe.data.augment.crop_padding, hflip=recipe.data.augment.hflip,
+                              generator=aug_gen)
+            with accelerator.autocast():
+                supernet.set_active(largest)
+                teacher_logits = model(x)
+                loss = F.cross_entropy(teacher_logits, y, label_smoothing=cfg.label_smoothing)
+                soft = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+                students = [space.sample_smallest(rng)] + [space.sample(rng) for _ in range(cfg.random_subnets)]
+                for arch in students:
+                    supernet.set_active(arch)
+                    logits = model(x).float()
+                    loss = loss + F.kl_div(F.log_softmax(logits / temperature, dim=-1), soft,
+                                           reduction="batchmean") * temperature**2
+            if not torch.isfinite(loss):
+                raise CompressError(
+                    f"supernet training loss became {loss.item()} at epoch {epoch + 1}; the last checkpoint "
+                    f"({state_dir}) is intact. Lower supernet.lr or check the data."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            epoch_loss += loss.item() * x.shape[0]
+            seen += x.shape[0]
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}", refresh=False)
+        if accelerator.is_main_process and not interactive:
+            log(f"epoch {epoch + 1}/{cfg.epochs} loss {epoch_loss / max(seen, 1):.4f} "
+                f"({time.time() - started:.0f}s)")
+        if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
+            _save_state(accelerator, state_dir, key, epoch + 1)
+    bar.close()
+    train_seconds = time.time() - started
+
+    supernet.set_active(largest)
+    if accelerator.is_main_process:
+        metrics = measure_extremes(supernet, data, cfg.bn_calibration_batches, seed=recipe.seed)
+        meta = {
+            "supernet_key": key,
+            "recipe_hash": loaded.recipe_hash(),
+            "recipe": str(loaded.path),
+            "recipe_name": recipe.name,
+            "space": space.name,
+            "data": {**data.describe(), "in_channels": data.in_channels, "num_classes": data.num_classes,
+                     "mean": data.mean, "std": data.std},
+            "epochs": cfg.epochs,
+            "train_seconds_this_session": round(train_seconds, 1),
+            "resumed_from_epoch": start_epoch,
+            "processes": accelerator.num_processes,
+            "metrics": metrics,
+            "versions": package_versions(),
+        }
+        save_supernet(final_dir, supernet, meta)
+        if state_dir.exists():
+            shutil.rmtree(state_dir)
+        log(f"supernet trained in {train_seconds:.0f}s; val accuracy (BN recalibrated): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+def _save_state(accelerator, state_dir: Path, key: str, epochs_done: int) -> None:
+    staging = state_dir.with_name(state_dir.name + ".tmp")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        write_json_atomic(staging / PROGRESS, {"supernet_key": key, "epochs_done": epochs_done})
+        replace_dir(staging, state_dir)
+    accelerator.wait_for_everyone()
+
+
+def measure_extremes(supernet: HybridSupernet, data: DatasetSplits, bn_batches: int, seed: int = 0) -> dict[str, float]:
+    """Val accuracy of the largest subnet and of the smallest subnet of each block family mix."""
+    batches = calibration_batches(data.train, bn_batches, batch_size=64, seed=seed)
+    space = supernet.space
+    points = {"largest": space.largest()}
+    families = sorted({b for s in space.stages for b in s.blocks})
+    for family in families:
+        blocks = [family if family in s.blocks else s.blocks[0] for s in space.stages]
+        points[f"smallest_{family}"] = space.smallest(blocks)
+    out = {}
+    for name, arch in points.items():
+        out[name] = round(accuracy(calibrated_subnet(supernet, arch, batches), data.val), 4)
+    return out
+
+
+def load_trained_supernet(run_dir: Path):
+    return load_supernet(supernet_dir(run_dir))

@@ -1,0 +1,108 @@
+"""Supernet training through the CLI: checkpoint contents, resume after SIGKILL, reuse, refusal to overwrite."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress.supernet.checkpoint import load_supernet
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def write_recipe(tmp_path: Path, epochs: int = 6, **extra) -> Path:
+    recipe = {
+        "version": 1,
+        "name": "tiny",
+        "seed": 0,
+        "space": str(FIXTURES / "tiny_space.yaml"),
+        "data": {"source": "synthetic", "image_size": 16, "channels": 3, "size": 600, "num_classes": 4},
+        "supernet": {"epochs": epochs, "batch_size": 32, "lr": 0.005, "random_subnets": 1,
+                     "bn_calibration_batches": 2, "checkpoint_every": 1},
+        "run_dir": str(tmp_path / "run"),
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_cli(*args, check=True, **kwargs):
+    proc = subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.slow
+def test_train_kill_resume_and_reuse(tmp_path):
+    recipe = write_recipe(tmp_path, epochs=8)
+    run = tmp_path / "run"
+    progress = run / "supernet-state" / "progress.json"
+    proc = subprocess.Popen([sys.executable, "-m", "compress", "train-supernet", str(recipe)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not progress.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert progress.exists(), "no resumable state was written"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(progress.read_text())["epochs_done"]
+    assert 1 <= done_before < 8
+    assert not (run / "supernet" / "checkpoint.json").exists()
+
+    out = run_cli("train-supernet", str(recipe)).stdout
+    assert f"resuming supernet training from epoch {done_before}/8" in out
+    ckpt = load_supernet(run / "supernet")
+    assert ckpt.meta["resumed_from_epoch"] == done_before
+    assert ckpt.meta["epochs"] == 8
+    assert set(ckpt.meta["metrics"]) == {"largest", "smallest_attn", "smallest_conv"}
+    assert ckpt.meta["metrics"]["largest"] > 0.5  # 4 classes: well above chance
+    assert ckpt.meta["data"]["num_classes"] == 4 and ckpt.meta["data"]["in_channels"] == 3
+    assert not (run / "supernet-state").exists()  # partial state cleaned up once the final checkpoint exists
+
+    # Same recipe again: reused, not retrained.
+    out = run_cli("train-supernet", str(recipe)).stdout
+    assert "matches this recipe" in out
+
+    # A different supernet setting in the same run dir: refused, the checkpoint stays intact.
+    before = (run / "supernet" / "supernet.safetensors").read_bytes()
+    other = write_recipe(tmp_path, epochs=3)
+    proc = run_cli("train-supernet", str(other), check=False)
+    assert proc.returncode == 2
+    assert "holds a supernet trained from a different recipe" in proc.stderr
+    assert (run / "supernet" / "supernet.safetensors").read_bytes() == before
+
+
+def test_corrupted_checkpoints_are_refused(tmp_path, tiny_supernet):
+    from compress.errors import CheckpointError
+    from compress.supernet.checkpoint import save_supernet
+
+    meta = {"data": {"in_channels": 3, "num_classes": 5, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}}
+    path = tmp_path / "ckpt"
+    save_supernet(path, tiny_supernet, meta)
+    assert load_supernet(path).supernet.state_dict().keys() == tiny_supernet.state_dict().keys()
+
+    weights = path / "supernet.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_supernet(path)
+
+    import torch
+
+    torch.save(tiny_supernet.state_dict(), weights)  # a pickle where safetensors belong
+    with pytest.raises(CheckpointError, match="refuses to unpickle"):
+        load_supernet(path)
+
+    weights.write_bytes(good)
+    space_file = path / "space.yaml"
+    space_file.write_text(space_file.read_text().replace("name: tiny", "name: other"))
+    with pytest.raises(CheckpointError, match="space_fingerprint differs"):
+        load_supernet(path)
