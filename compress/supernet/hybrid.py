@@ -115,15 +115,15 @@ class ElasticStage(nn.Module):
                        "merge_r": 0} for h, r in zip(arch.heads, arch.mlp_ratio)]
         return {"type": arch.block, "out": arch.width, "stride": self.downsample.stride, "blocks": blocks}
 
-    def extract(self, in_ch: int, arch: StageArch) -> nn.Module:
+    def extract(self, in_ch: int, arch: StageArch, pool: bool) -> nn.Module:
         cfg = self.static_config(arch)
         if arch.block == "conv":
-            static = ConvStage(in_ch, arch.width, cfg["stride"], cfg["blocks"])
+            static = ConvStage(in_ch, arch.width, cfg["stride"], cfg["blocks"], pool=pool)
             static.blocks = nn.ModuleList(
                 self.conv_blocks[i].extract(arch.width, b["hidden"], b["kernel_size"]) for i, b in enumerate(cfg["blocks"])
             )
         else:
-            static = AttnStage(in_ch, arch.width, cfg["stride"], cfg["blocks"])
+            static = AttnStage(in_ch, arch.width, cfg["stride"], cfg["blocks"], pool=pool)
             static.pos = self.pos.extract(arch.width)
             static.blocks = nn.ModuleList(
                 self.attn_blocks[i].extract(arch.width, b["heads"], b["mlp_hidden"]) for i, b in enumerate(cfg["blocks"])
@@ -196,7 +196,7 @@ def extract_subnet(supernet: HybridSupernet, arch: Arch) -> HybridNet:
     static.stem = supernet.stem.extract(supernet.in_channels, arch.stem_width)
     in_ch = arch.stem_width
     for i, (stage, stage_arch) in enumerate(zip(supernet.stages, arch.stages)):
-        static.stages[i] = stage.extract(in_ch, stage_arch)
+        static.stages[i] = stage.extract(in_ch, stage_arch, pool=i == len(arch.stages) - 1)
         in_ch = stage_arch.width
     static.classifier = supernet.classifier.extract(in_ch, supernet.num_classes)
     return static.train(supernet.training)

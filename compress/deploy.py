@@ -1,0 +1,137 @@
+"""Lowering a float model to what is deployed on the target runtime, and rebuilding it from disk.
+
+``lower`` is the last step of building a candidate: fold BatchNorm, then
+
+- ``onnxruntime``: export to ONNX and apply the quantization policy with ONNX Runtime's quantizer; the
+  deployed file is ``model.onnx``;
+- ``torch``: apply the policy with bitsandbytes; the deployed file is ``model.safetensors``.
+
+``Deployable.state_dict`` is exactly what ``model.safetensors`` holds: float tensors for float layers,
+int8 weights with per-channel scales (and zero points) for INT8 layers. ``rebuild_model`` is its inverse and
+needs only the model config, the quantization record and those tensors: no supernet, no pruning library.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from compress.errors import CheckpointError
+from compress.export.onnx import export_onnx
+from compress.measure.runtime import OrtRunner, TorchRunner
+from compress.nn.fold import fold_batchnorm
+from compress.nn.net import HybridNet, build_model
+from compress.nn.quantized import to_int8_module
+from compress.weights import load_into
+from compress.policies.quantize import BNB_BACKENDS, QuantPolicy, compact_names, quantize_onnx, quantize_torch
+
+
+@dataclass
+class Deployable:
+    runtime: str
+    model: HybridNet  # BN-folded float model: the source of every float tensor
+    policy: QuantPolicy
+    input_shape: tuple[int, ...]  # (batch, C, H, W) the latency is measured at
+    onnx_model: onnx.ModelProto | None = None
+    int8_weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    torch_module: nn.Module | None = None
+    device: str = "cpu"
+
+    def runner(self, threads: int = 1):
+        if self.runtime == "onnxruntime":
+            return OrtRunner(self.onnx_bytes(), threads=threads, device=self.device)
+        return TorchRunner(self.torch_module, threads=threads, device=self.device)
+
+    def onnx_bytes(self) -> bytes:
+        assert self.onnx_model is not None
+        return self.onnx_model.SerializeToString()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.runtime == "torch":
+            return {k: v.detach().cpu() for k, v in self.torch_module.state_dict().items()}
+        state = {k: v.detach() for k, v in self.model.state_dict().items()}
+        for path, w in self.int8_weights.items():
+            state.pop(f"{path}.weight")
+            state[f"{path}.weight_int8"] = w["q"]
+            state[f"{path}.weight_scale"] = w["scale"]
+            state[f"{path}.weight_zero_point"] = w["zero_point"]
+        return state
+
+    def safetensors_bytes(self) -> bytes:
+        return safetensors_bytes({k: v.contiguous() for k, v in self.state_dict().items()})
+
+    def deployed_bytes(self) -> bytes:
+        """The file that is shipped to the target: ``model.onnx`` or ``model.safetensors``."""
+        return self.onnx_bytes() if self.runtime == "onnxruntime" else self.safetensors_bytes()
+
+    def quantization_record(self) -> dict[str, Any]:
+        """What ``config.json`` stores so the model can be rebuilt: backend, units, layers stored in INT8."""
+        if self.runtime == "torch":
+            layers = sorted(n for n, m in self.torch_module.named_modules() if type(m).__module__.startswith("bitsandbytes"))
+        else:
+            layers = sorted(self.int8_weights)
+        return {**self.policy.to_dict(), "int8_layers": layers}
+
+
+def lower(model: HybridNet, runtime: str, policy: QuantPolicy, calibration: list[torch.Tensor],
+          input_shape: tuple[int, ...], device: str = "cpu") -> Deployable:
+    """Fold, export and quantize a float model for ``runtime``; the input is not modified."""
+    folded = fold_batchnorm(copy.deepcopy(model).cpu().eval())
+    if runtime == "onnxruntime":
+        example = torch.rand(input_shape)
+        proto = export_onnx(folded, example)
+        proto, int8 = quantize_onnx(proto, folded, policy, calibration)
+        return Deployable(runtime, folded, policy, tuple(input_shape), onnx_model=compact_names(proto),
+                          int8_weights=int8, device=device)
+    if runtime == "torch":
+        module = quantize_torch(copy.deepcopy(folded), policy, device=device)
+        return Deployable(runtime, folded, policy, tuple(input_shape), torch_module=module.to(device), device=device)
+    raise ValueError(f"unknown runtime {runtime!r}")
+
+
+def rebuild_model(model_config: dict, quantization: dict, tensors: dict[str, torch.Tensor],
+                  device: str = "cpu") -> nn.Module:
+    """The PyTorch model of an artifact from its config and ``model.safetensors`` tensors."""
+    try:
+        model = fold_batchnorm(build_model(model_config))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"model config cannot be built: {exc}") from None
+    backend = quantization.get("backend", "none")
+    tensors = dict(tensors)
+    modules = dict(model.named_modules())
+    rebuilt = tuple(f"{path}." for path in quantization.get("int8_layers", []))
+    for path in quantization.get("int8_layers", []):
+        module = modules.get(path)
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise CheckpointError(f"config lists INT8 layer {path!r}, which the model does not have")
+        own = {k[len(path) + 1:]: tensors.pop(k) for k in list(tensors) if k.startswith(path + ".")}
+        if backend in BNB_BACKENDS:
+            from compress.policies.bnb import load_bnb_linear
+
+            new = load_bnb_linear(module.in_features, module.out_features, module.bias is not None, backend, own, device)
+        else:
+            missing = {"weight_int8", "weight_scale", "weight_zero_point"} - set(own)
+            if missing:
+                raise CheckpointError(f"INT8 layer {path!r}: {sorted(missing)} missing from model.safetensors")
+            q, scale, zp = own["weight_int8"], own["weight_scale"], own["weight_zero_point"]
+            if q.shape != module.weight.shape or scale.shape != (q.shape[0],) or zp.shape != (q.shape[0],):
+                raise CheckpointError(f"INT8 layer {path!r}: tensors of the wrong shape (weight {list(q.shape)}, "
+                                      f"scale {list(scale.shape)}) for the layer the config describes "
+                                      f"{list(module.weight.shape)}")
+            new = to_int8_module(module, q, scale, zp)
+            if module.bias is not None:
+                new.bias = nn.Parameter(own["bias"])
+        _replace(model, path, new)
+    load_into(model, tensors, "model.safetensors", skip_prefixes=rebuilt)
+    return model.to(device).eval()
+
+
+def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, new)

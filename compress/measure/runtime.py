@@ -1,0 +1,84 @@
+"""Runners: one callable interface over the runtimes a model is deployed on (ONNX Runtime, PyTorch)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from compress.errors import CompressError
+
+
+class OrtRunner:
+    """An ONNX Runtime session with a fixed thread count (intra-op ``threads``, inter-op 1)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, model_bytes: bytes, threads: int = 1, device: str = "cpu"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise CompressError("target.device is 'cuda' with runtime 'onnxruntime', but this onnxruntime has no "
+                                    "CUDAExecutionProvider (install onnxruntime-gpu)")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(model_bytes, options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.device, self.threads = device, threads
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0])
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        return np.ascontiguousarray(x.detach().cpu().numpy())
+
+    def run_prepared(self, x: Any) -> None:
+        self.session.run(None, {self.input_name: x})
+
+    @contextlib.contextmanager
+    def timing(self):
+        yield
+
+
+class TorchRunner:
+    """A PyTorch module in eval/inference mode on ``device``; CUDA work is synchronized when timed."""
+
+    runtime = "torch"
+
+    def __init__(self, module: torch.nn.Module, threads: int = 1, device: str = "cpu"):
+        if device == "cuda" and not torch.cuda.is_available():
+            raise CompressError("target.device is 'cuda' but PyTorch sees no CUDA device on this machine")
+        self.module = module.eval().to(device)
+        self.device, self.threads = device, threads
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.to(self.device)).float().cpu()
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device)
+
+    @torch.inference_mode()
+    def run_prepared(self, x: torch.Tensor) -> None:
+        self.module(x)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def timing(self):
+        saved = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)

@@ -1,0 +1,228 @@
+"""Quantization policy: which parts of a model run in INT8, and with which backend.
+
+A policy is a frozen config; :func:`quantize_onnx` applies an ONNX Runtime policy to an exported model and
+:func:`quantize_torch` applies a PyTorch (bitsandbytes) policy to a module. The unit of choice is a
+*unit* of the network: ``stem``, ``stages.0`` ... ``stages.N-1`` and ``classifier``.
+
+Backends (measured on the target, never assumed to pay):
+
+- ``ort-dynamic``: ONNX Runtime dynamic quantization of the Linear layers (int8 weights per channel,
+  activations quantized on the fly). Convolutions stay fp32: ORT's ConvInteger measured 3-8x slower than
+  fp32 Conv here.
+- ``ort-static``: ONNX Runtime static QDQ quantization (activations calibrated on training batches, MinMax)
+  of Linear and dense (non-depthwise) convolution layers. Depthwise convolutions stay fp32: ORT's int8
+  depthwise kernel measured slower than fp32 here. Attention's activation-by-activation products stay fp32.
+- ``bnb-int8`` / ``bnb-nf4``: bitsandbytes Linear8bitLt / Linear4bit (NF4) for the PyTorch runtime (meant for
+  CUDA; they run, slowly, on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+ORT_BACKENDS = ("ort-static", "ort-dynamic")
+BNB_BACKENDS = ("bnb-int8", "bnb-nf4")
+
+
+@dataclass(frozen=True)
+class QuantPolicy:
+    backend: str = "none"
+    int8_units: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend != "none" and bool(self.int8_units)
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "int8_units": list(self.int8_units)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantPolicy":
+        return cls(backend=d.get("backend", "none"), int8_units=tuple(d.get("int8_units", ())))
+
+
+def model_units(model: nn.Module) -> list[str]:
+    """The quantization units of a :class:`~compress.nn.HybridNet`, in order."""
+    return ["stem"] + [f"stages.{i}" for i in range(len(model.stages))] + ["classifier"]
+
+
+def unit_of(module_path: str) -> str | None:
+    parts = module_path.split(".")
+    if parts[0] == "stages" and len(parts) > 1:
+        return f"stages.{parts[1]}"
+    if parts[0] in ("stem", "classifier"):
+        return parts[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """Where a torch layer's weight lives in the exported graph."""
+
+    module: str  # module path in the torch model
+    initializer: str  # name of its weight initializer in the fp32 ONNX graph
+    layout: str  # "conv" (out, in, kh, kw), "matmul" (in, out) or "gemm" (out, in)
+    kind: str  # "linear", "conv" or "dwconv"
+    node: str  # name of the consuming node
+
+
+def _module_path(node_name: str) -> str:
+    # The TorchScript exporter names nodes "/stages.1/blocks.0/attn/qkv/MatMul": module path + op.
+    return ".".join(node_name.strip("/").split("/")[:-1])
+
+
+def weight_refs(proto: onnx.ModelProto, model: nn.Module) -> list[WeightRef]:
+    modules = dict(model.named_modules())
+    inits = {i.name for i in proto.graph.initializer}
+    refs = []
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        path = _module_path(node.name)
+        module = modules.get(path)
+        if isinstance(module, nn.Linear):
+            layout = "matmul" if node.op_type == "MatMul" else "gemm"
+            if layout == "gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+                layout = "matmul"
+            refs.append(WeightRef(path, node.input[1], layout, "linear", node.name))
+        elif isinstance(module, nn.Conv2d):
+            kind = "dwconv" if module.groups > 1 else "conv"
+            refs.append(WeightRef(path, node.input[1], "conv", kind, node.name))
+    return refs
+
+
+def quantize_onnx(proto: onnx.ModelProto, model: nn.Module, policy: QuantPolicy,
+                  calibration: list[torch.Tensor]) -> tuple[onnx.ModelProto, dict[str, dict[str, torch.Tensor]]]:
+    """Apply an ONNX Runtime policy to ``proto`` (exported from ``model``).
+
+    Returns the quantized model and, for every layer now stored in INT8, its int8 weight in torch layout
+    with scale and zero point (keyed by module path), for ``model.safetensors``.
+    """
+    if not policy.enabled:
+        return proto, {}
+    if policy.backend not in ORT_BACKENDS:
+        raise ValueError(f"{policy.backend!r} is not an ONNX Runtime backend")
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    refs = weight_refs(proto, model)
+    units = set(policy.int8_units)
+    kinds = {"linear"} if policy.backend == "ort-dynamic" else {"linear", "conv"}
+    chosen = [r for r in refs if unit_of(r.module) in units and r.kind in kinds]
+    if not chosen:
+        return proto, {}
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{proto.graph.input[0].name: b.numpy()} for b in calibration])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing on every call
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(proto, src)
+            nodes = [r.node for r in chosen]
+            if policy.backend == "ort-dynamic":
+                quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
+            else:
+                quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                nodes_to_quantize=nodes, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+            quantized = onnx.load(dst)
+    finally:
+        logging.getLogger().setLevel(quiet)
+    return quantized, _int8_weights(quantized, chosen)
+
+
+def _int8_weights(proto: onnx.ModelProto, refs: list[WeightRef]) -> dict[str, dict[str, torch.Tensor]]:
+    inits = {i.name: i for i in proto.graph.initializer}
+    out = {}
+    for ref in refs:
+        q = inits.get(ref.initializer + "_quantized")
+        if q is None:
+            continue  # the quantizer left this layer in fp32
+        qa = numpy_helper.to_array(q)
+        scale = numpy_helper.to_array(inits[ref.initializer + "_scale"]).astype(np.float32)
+        zp = numpy_helper.to_array(inits[ref.initializer + "_zero_point"]).astype(np.int32)
+        if ref.layout == "matmul":
+            qa = qa.T
+        n_out = qa.shape[0]
+        scale = np.broadcast_to(scale.reshape(-1), (n_out,)).copy()
+        zp = np.broadcast_to(zp.reshape(-1), (n_out,)).copy()
+        out[ref.module] = {"q": torch.from_numpy(np.ascontiguousarray(qa).copy()), "scale": torch.from_numpy(scale),
+                           "zero_point": torch.from_numpy(zp)}
+    return out
+
+
+def compact_names(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shorten node and tensor names (graph inputs and outputs kept) and drop doc strings.
+
+    The exporter and quantizer produce long, descriptive names that can take a third of a small INT8
+    model's file; they are debug information, not needed to run it.
+    """
+    graph = proto.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    mapping: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = f"t{len(mapping):x}"
+        return mapping[name]
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+        init.doc_string = ""
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i:x}"
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    for value in graph.value_info:
+        value.name = short(value.name)
+    del graph.value_info[:]
+    proto.doc_string = ""
+    return proto
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch (bitsandbytes)
+
+
+def quantize_torch(model: nn.Module, policy: QuantPolicy, device: str = "cpu") -> nn.Module:
+    """Replace the Linear layers of the policy's INT8 units with bitsandbytes layers, in place."""
+    if not policy.enabled:
+        return model
+    if policy.backend not in BNB_BACKENDS:
+        raise ValueError(f"{policy.backend!r} is not a PyTorch backend")
+    from compress.policies.bnb import bnb_supports, to_bnb_linear
+
+    units = set(policy.int8_units)
+    for path, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and unit_of(path) in units and bnb_supports(module, policy.backend, device):
+            _set_module(model, path, to_bnb_linear(module, policy.backend, device))
+    return model
+
+
+def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, new)

@@ -1,0 +1,179 @@
+"""``compress search``: run (or resume) the multi-objective study until it holds the requested number of
+completed trials.
+
+Every worker — one process, or many on many machines sharing a PostgreSQL storage — runs this loop. It starts
+one trial at a time and only while ``completed + running < n_trials``; a trial that finds, once started, that
+enough earlier trials are complete or running is pruned as surplus. So the study ends with exactly
+``n_trials`` completed trials and no trial evaluated twice. Trials of dead workers are failed (at once for
+this host, after the heartbeat grace period elsewhere) and, if the recipe asks, re-queued.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from compress.errors import CheckpointError, CompressError, TrialError
+from compress.fsutil import ensure_writable_dir
+from compress.provenance import package_versions
+from compress.recipe import LoadedRecipe
+from compress.search.candidate import BuildContext, build_candidate, measure_candidate
+from compress.search.outputs import BASELINE_ATTR, write_outputs
+from compress.search.study import (
+    WORKER_ATTR,
+    count_states,
+    default_storage_url,
+    fail_dead_local_trials,
+    make_storage,
+    open_study,
+    worker_id,
+)
+from compress.search.suggest import baseline_specs, params_of, suggest_spec
+from compress.supernet.checkpoint import SupernetCheckpoint, load_supernet
+from compress.train.supernet import supernet_dir
+
+
+
+def load_context(loaded: LoadedRecipe, checkpoint: SupernetCheckpoint) -> BuildContext:
+    if checkpoint.space.fingerprint() != loaded.space.fingerprint():
+        raise CheckpointError(f"{checkpoint.path} was trained on search space {checkpoint.space.name!r}, not on "
+                              f"this recipe's {loaded.space.name!r} ({loaded.space_path})")
+    data = loaded.load_data()
+    meta = checkpoint.meta["data"]
+    if (meta["num_classes"], meta["in_channels"]) != (data.num_classes, data.in_channels):
+        raise CheckpointError(f"{checkpoint.path} was trained on {meta['num_classes']} classes x "
+                              f"{meta['in_channels']} channels, the recipe's data has {data.num_classes} x "
+                              f"{data.in_channels}")
+    recipe = loaded.recipe
+    return BuildContext.create(
+        checkpoint.supernet, data, recipe.target, seed=recipe.seed,
+        bn_batches=recipe.supernet.bn_calibration_batches,
+        calibration_batches_n=recipe.search.policies.quantize.calibration_batches,
+        eval_batch_size=recipe.search.eval_batch_size,
+    )
+
+
+def resolve_storage(loaded: LoadedRecipe, run_dir: Path, storage: str | None) -> str:
+    return storage or loaded.recipe.search.storage or default_storage_url(run_dir)
+
+
+def preflight(loaded: LoadedRecipe, run_dir: Path, storage: str | None, study_name: str | None) -> None:
+    """Check the storage and the study before any training: unreachable databases and studies with other
+    objectives are refused first, not after minutes of supernet training."""
+    url = resolve_storage(loaded, run_dir, storage)
+    if url.startswith("sqlite:///"):
+        ensure_writable_dir(run_dir)
+    cfg = loaded.recipe.search
+    open_study(loaded, make_storage(url, heartbeat_s=cfg.heartbeat_s, retry=cfg.retry_failed),
+               study_name or cfg.study_name or loaded.recipe.name, loaded.supernet_key())
+
+
+def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = None, study_name: str | None = None,
+               supernet_path: Path | None = None, log=print) -> optuna.Study:
+    recipe, cfg = loaded.recipe, loaded.recipe.search
+    ensure_writable_dir(run_dir)
+    checkpoint = load_supernet(supernet_path or supernet_dir(run_dir))
+    url = resolve_storage(loaded, run_dir, storage)
+    study_name = study_name or cfg.study_name or recipe.name
+    study = open_study(loaded, make_storage(url, heartbeat_s=cfg.heartbeat_s, retry=cfg.retry_failed), study_name,
+                       checkpoint.meta["supernet_key"])
+    context = load_context(loaded, checkpoint)
+    _enqueue_baselines(study, loaded)
+
+    objectives = [o.metric for o in cfg.objectives]
+    n_trials = cfg.n_trials or math.inf
+    deadline = time.time() + cfg.timeout_s if cfg.timeout_s else math.inf
+    versions = package_versions()
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                 if t.number < trial.number]
+        if len(ahead) >= n_trials:
+            trial.set_user_attr("prune_reason", "surplus: the study already had enough trials")
+            raise optuna.TrialPruned("surplus")
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        spec = suggest_spec(trial, loaded.space, recipe)
+        trial.set_user_attr("spec", spec.to_dict())
+        trial.set_user_attr("arch", spec.arch.describe())
+        trial.set_user_attr("policies", spec.policies.describe())
+        trial.set_user_attr("versions", versions)
+        try:
+            candidate = build_candidate(context, spec)
+            metrics = measure_candidate(candidate, context)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrialError) else str(exc)
+            trial.set_user_attr("fail_reason", reason[:2000])
+            raise
+        values = metrics.objectives()
+        if not all(math.isfinite(values[m]) for m in objectives):
+            trial.set_user_attr("fail_reason", f"non-finite metric: {values}")
+            raise TrialError(f"non-finite metric: {values}")
+        trial.set_user_attr("metrics", metrics.to_dict())
+        trial.set_user_attr("notes", candidate.notes)
+        for constraint in cfg.constraints:
+            trial.set_constraint(str(constraint), constraint.violation(values))
+        return [values[m] for m in objectives]
+
+    started = time.time()
+    interactive = sys.stderr.isatty()
+    total = n_trials if n_trials != math.inf else None
+    bar = tqdm(total=total, desc="search", unit="trial", disable=not interactive, file=sys.stderr, dynamic_ncols=True)
+    reported: set[int] = set()
+    while True:
+        fail_dead_local_trials(study, cfg.retry_failed, log=log)
+        optuna.storages.fail_stale_trials(study)
+        counts = count_states(study)
+        done = counts[TrialState.COMPLETE]
+        bar.n = min(done, total or done)
+        bar.set_postfix(front=len(study.best_trials) if done else 0, failed=counts[TrialState.FAIL], refresh=False)
+        bar.refresh()
+        if done >= n_trials or time.time() >= deadline:
+            break
+        if done + counts[TrialState.RUNNING] >= n_trials:
+            time.sleep(2.0)  # other workers are finishing the last trials; one of them may still fail
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            if trial.number in reported or trial.user_attrs.get(WORKER_ATTR, {}).get("pid") != worker_id()["pid"]:
+                continue
+            reported.add(trial.number)
+            if not interactive or trial.state == TrialState.FAIL:
+                log(_trial_line(trial, time.time() - started))
+    bar.close()
+    if not sys.stderr.isatty():
+        log(f"search: {count_states(study)[TrialState.COMPLETE]} completed trials in study {study.study_name!r} "
+            f"({time.time() - started:.0f}s this session)")
+    write_outputs(study, run_dir, loaded)
+    return study
+
+
+def _trial_line(trial, elapsed: float) -> str:
+    if trial.state == TrialState.FAIL:
+        return f"trial {trial.number}: FAILED: {trial.user_attrs.get('fail_reason', 'unknown reason')}"
+    m = trial.user_attrs.get("metrics", {})
+    base = trial.user_attrs.get(BASELINE_ATTR)
+    return (f"trial {trial.number}: acc {m.get('accuracy', float('nan')):.4f} latency {m.get('latency_ms', 0):.3f} ms "
+            f"size {m.get('size_mb', 0):.3f} MB | {trial.user_attrs.get('policies')} | {trial.user_attrs.get('arch')}"
+            + (f" [baseline {base}]" if base else "") + f" ({elapsed:.0f}s)")
+
+
+def _enqueue_baselines(study: optuna.Study, loaded: LoadedRecipe) -> None:
+    """Queue the baselines as the study's first trials: measured in the same run, by the same code."""
+    if not loaded.recipe.export.baselines:
+        return
+    existing = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
+    for name, spec in baseline_specs(loaded.space, loaded.recipe).items():
+        if name not in existing:
+            study.enqueue_trial(params_of(spec, loaded.space, loaded.recipe), user_attrs={BASELINE_ATTR: name},
+                                skip_if_exists=False)
+
+
+def require_trials(study: optuna.Study) -> None:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise CompressError(f"study {study.study_name!r} has no completed trials yet; run `compress search` first")

@@ -1,0 +1,226 @@
+"""The Optuna study: storage, sampler, directions, and the checks that keep studies from mixing.
+
+Storage URLs: ``sqlite:///path`` (the default, ``<run dir>/study.db``; one worker), ``postgresql://...`` or
+``mysql://...`` (many workers on many machines; heartbeats fail and re-queue trials of dead workers),
+``journal:///path/to/file`` (Optuna's journal file: several processes on one machine, no server).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from compress.errors import StorageError
+from compress.recipe import LoadedRecipe
+
+STUDY_ATTR_OBJECTIVES = "compress.objectives"
+STUDY_ATTR_SUPERNET = "compress.supernet_key"
+STUDY_ATTR_RECIPE = "compress.recipe_hash"
+
+
+def default_storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+
+
+def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
+    """An Optuna storage for ``url``; unreachable or malformed URLs raise :class:`StorageError`."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if url.startswith("journal://"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal://"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise StorageError(f"journal storage {str(path)!r} cannot be opened: {exc.strerror or exc}") from None
+    if "://" not in url:
+        raise StorageError(f"storage {url!r} is not a URL; expected sqlite:///FILE, postgresql://USER@HOST/DB, "
+                           "mysql://USER@HOST/DB or journal:///FILE")
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if not db.parent.is_dir():
+            raise StorageError(f"storage {url!r}: directory {str(db.parent)!r} does not exist")
+    callback = RetryHeartbeatStaleTrialCallback(max_retry=retry) if retry > 0 else None
+    # Heartbeats are marked experimental in Optuna but are its only way to find dead workers.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=_engine_kwargs(url),
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=callback,
+        )
+    except ImportError as exc:
+        raise StorageError(f"storage {_redact(url)!r} needs a database driver that is not installed ({exc}); "
+                           "for PostgreSQL: pip install 'compress[postgres]'") from None
+    except Exception as exc:  # sqlalchemy's OperationalError / ArgumentError and friends
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"storage {_redact(url)!r} cannot be reached: {first_line}") from None
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {}
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    return url
+
+
+def make_sampler(loaded: LoadedRecipe) -> optuna.samplers.BaseSampler:
+    cfg = loaded.recipe.search.sampler
+    seed = cfg.seed if cfg.seed is not None else loaded.recipe.seed
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=cfg.population_size, seed=seed)
+    if cfg.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, cfg.population_size))
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if cfg.name == "gp":
+        try:
+            import scipy  # noqa: F401  (GPSampler needs scipy)
+        except ImportError:
+            raise StorageError("search.sampler.name 'gp' needs scipy (pip install scipy)") from None
+        return optuna.samplers.GPSampler(seed=seed)
+    raise AssertionError(cfg.name)
+
+
+def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str) -> optuna.Study:
+    """Create or load the study; refuse one that exists with other objectives or another supernet."""
+    objectives = [(o.metric, o.resolved_direction) for o in loaded.recipe.search.objectives]
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name,
+            sampler=make_sampler(loaded),
+            directions=[d for _, d in objectives],
+            load_if_exists=True,
+        )
+    except ValueError as exc:
+        # Optuna raises ValueError when directions differ from the stored study's.
+        raise StorageError(f"study {study_name!r} exists in this storage with other objectives: {exc}. "
+                           "Use another --study name.") from None
+    stored = study.user_attrs.get(STUDY_ATTR_OBJECTIVES)
+    wanted = [list(o) for o in objectives]
+    if stored is not None and stored != wanted:
+        raise StorageError(
+            f"study {study_name!r} exists with objectives {stored}, this recipe asks for {wanted}; its trials "
+            "are left untouched. Use another --study name."
+        )
+    stored_key = study.user_attrs.get(STUDY_ATTR_SUPERNET)
+    if stored_key is not None and stored_key != supernet_key:
+        raise StorageError(
+            f"study {study_name!r} was searched on another supernet (key {stored_key}, this one {supernet_key}); "
+            "its trials are not comparable. Use another --study name."
+        )
+    if stored is None:
+        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
+        study.set_user_attr(STUDY_ATTR_SUPERNET, supernet_key)
+        study.set_user_attr(STUDY_ATTR_RECIPE, loaded.recipe_hash())
+        study.set_metric_names([m for m, _ in objectives])
+    return study
+
+
+def load_existing_study(storage, study_name: str | None) -> optuna.Study:
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if study_name is None:
+        if len(names) != 1:
+            raise StorageError(f"the storage holds {len(names)} studies ({', '.join(names) or 'none'}); name one with --study")
+        study_name = names[0]
+    if study_name not in names:
+        raise StorageError(f"no study {study_name!r} in this storage (it holds: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+# --------------------------------------------------------------------------------------------------
+# Workers and dead trials
+
+WORKER_ATTR = "compress.worker"
+
+
+def worker_id() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> str | None:
+    # Start time in clock ticks since boot: with the pid, identifies a process even after pid reuse.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return None
+
+
+def _alive(worker: dict) -> bool:
+    try:
+        os.kill(int(worker["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    start = _process_start(int(worker["pid"]))
+    return worker.get("start") is None or start == worker.get("start")
+
+
+def fail_dead_local_trials(study: optuna.Study, retry: int, log=print) -> int:
+    """Mark RUNNING trials of dead processes on this host as failed (and re-queue them if ``retry``).
+
+    Heartbeats find dead workers on any machine, but only after the grace period; a worker on this host can
+    be checked at once, so a search killed and started again resumes without waiting.
+    """
+    host = socket.gethostname()
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTR)
+        if not worker or worker.get("host") != host or _alive(worker):
+            continue
+        # The reason first: a finished trial can no longer be updated.
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
+                                           f"worker process {worker.get('pid')} died during the trial")
+        if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            failed += 1
+            log(f"trial {trial.number}: its worker (pid {worker.get('pid')}) died; marked failed")
+            if retry and _retries(trial) < retry:
+                _requeue(study, trial)
+    return failed
+
+
+RETRY_ATTR = "compress.retry_count"
+
+
+def _retries(trial) -> int:
+    return int(trial.user_attrs.get(RETRY_ATTR, 0)) + len(trial.system_attrs.get("retry_history", []))
+
+
+def _requeue(study: optuna.Study, trial) -> None:
+    study.enqueue_trial(trial.params, user_attrs={"compress.retry_of": trial.number, RETRY_ATTR: _retries(trial) + 1},
+                        skip_if_exists=False)
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = {state: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts
+
+
+logging.getLogger("optuna").setLevel(logging.WARNING)

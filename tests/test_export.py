@@ -1,0 +1,133 @@
+"""Artifacts: export reproduces the trial, compress.load needs no supernet, corruption is refused."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import compress
+from compress.errors import CheckpointError
+from compress.measure.accuracy import accuracy
+from compress.recipe import load_recipe
+from compress.search.loop import run_search
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained_tiny):
+    """A searched run with its Pareto front exported through the CLI."""
+    import shutil
+
+    from tests.conftest import tiny_recipe
+
+    tmp = tmp_path_factory.mktemp("export")
+    run_dir = tmp / "run"
+    shutil.copytree(trained_tiny, run_dir / "supernet")
+    recipe = tiny_recipe(tmp, run_dir=run_dir, search={"n_trials": 5, "sampler": {"name": "random"}})
+    loaded = load_recipe(recipe)
+    study = run_search(loaded, run_dir, log=lambda *_: None)
+    from compress.rundir import save_run_info
+
+    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
+    proc = cli("export", str(run_dir), "--pareto")
+    assert proc.returncode == 0, proc.stderr
+    artifacts = sorted((run_dir / "artifacts").iterdir())
+    return loaded, study, artifacts
+
+
+@pytest.mark.slow
+def test_artifacts_reproduce_their_trials(exported):
+    loaded, study, artifacts = exported
+    trials = {t.number: t for t in study.best_trials}
+    assert len(artifacts) == len(trials) >= 1
+    data = loaded.load_data()
+    for path in artifacts:
+        names = {p.name for p in path.iterdir()}
+        assert {"config.json", "model.safetensors", "model.onnx", "README.md"} <= names
+        config = json.loads((path / "config.json").read_text())
+        trial = trials[config["provenance"]["trial"]]
+        assert config["provenance"]["study"] == "tiny" and config["provenance"]["supernet_key"]
+        assert config["provenance"]["versions"]["torch"] == torch.__version__
+        # The deployed model (ONNX Runtime) gives exactly the trial's accuracy on the same split.
+        deployed = compress.load(path, runtime="onnxruntime")
+        assert accuracy(deployed, data.val) == trial.user_attrs["metrics"]["accuracy"]
+        # The PyTorch model is rebuilt from config + safetensors alone.
+        model = compress.load(path)
+        assert not any("Elastic" in type(m).__name__ for m in model.modules())
+        agree = (model(data.val.images.float() / 255).argmax(1) == deployed(data.val.images.float() / 255).argmax(1))
+        assert agree.float().mean() > 0.9
+        if config["quantization"]["int8_layers"]:
+            assert any("Int8" in type(m).__name__ for m in model.modules())
+        card = (path / "README.md").read_text()
+        assert f"{config['metrics']['accuracy']:.4f}" in card
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_recorded_accuracy(exported):
+    _, _, artifacts = exported
+    proc = cli("evaluate", str(artifacts[0]))
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads((artifacts[0] / "config.json").read_text())["metrics"]["accuracy"]
+    assert f"val accuracy  {recorded:.4f}   (recorded {recorded:.4f})" in proc.stdout
+
+
+@pytest.mark.slow
+def test_corrupted_and_tampered_artifacts_are_refused(exported, tmp_path):
+    import shutil
+
+    _, _, artifacts = exported
+    src = artifacts[0]
+
+    def copy(name):
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst
+
+    broken = copy("truncated")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="checksum does not match"):
+        compress.load(broken)
+
+    pickled = copy("pickled")
+    torch.save({"w": torch.zeros(3)}, pickled / "model.safetensors")
+    with pytest.raises(CheckpointError, match="refuses to unpickle"):
+        compress.load(pickled)
+
+    tampered = copy("tampered")
+    config = json.loads((tampered / "config.json").read_text())
+    config["model"]["stages"][0]["out"] += 4
+    (tampered / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="wrong shape"):
+        compress.load(tampered)
+
+    garbage = copy("garbage")
+    (garbage / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        compress.load(garbage)
+
+    missing = copy("missing-field")
+    config = json.loads((missing / "config.json").read_text())
+    del config["quantization"]
+    (missing / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="quantization: required field is missing"):
+        compress.load(missing)
+
+    proc = cli("evaluate", str(broken))
+    assert proc.returncode == 2 and "checksum does not match" in proc.stderr
+    # The original artifact is untouched by all of this.
+    assert compress.load(src) is not None
+
+
+def test_export_of_unknown_or_missing_trials_is_refused(exported):
+    _, study, artifacts = exported
+    run_dir = artifacts[0].parent.parent
+    proc = cli("export", str(run_dir), "--trial", "999")
+    assert proc.returncode == 2 and "has no trial 999" in proc.stderr
+    proc = cli("export", str(run_dir))
+    assert proc.returncode == 2 and "--trial N" in proc.stderr
