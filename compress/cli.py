@@ -197,6 +197,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from compress.recipe import load_recipe
+    from compress.train.distill import run_distillation
+
+    loaded = load_recipe(args.recipe)
+    student = Path(args.student)
+    out = Path(args.out) if args.out else student.with_name(student.name + "-distilled")
+    overrides = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "temperature": args.temperature,
+                 "weight": args.weight, "feature_weight": args.feature_weight,
+                 "checkpoint_every": args.checkpoint_every, "eval_every": args.eval_every,
+                 "gradient_accumulation_steps": args.gradient_accumulation_steps}
+    run_distillation(loaded, student, out, teacher=args.teacher, teacher_weights=args.teacher_weights,
+                     supernet_dir=Path(args.supernet) if args.supernet else None, overrides=overrides, log=_log)
+    return 0
+
+
 def _search_url(loaded, run_dir: Path, storage: str | None) -> str:
     from compress.search.loop import resolve_storage
 
@@ -257,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=200)
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("distill", help="fine-tune an artifact with a teacher (under `accelerate launch -m compress`)")
+    p.add_argument("recipe")
+    p.add_argument("--student", required=True, help="an exported artifact directory")
+    p.add_argument("--out", help="the new artifact (default: <student>-distilled)")
+    p.add_argument("--teacher", help="'largest' (default), an artifact directory, or package.module:factory")
+    p.add_argument("--teacher-weights", help="safetensors file for a module:factory teacher")
+    p.add_argument("--supernet", help="supernet checkpoint for teacher 'largest' (default: <run dir>/supernet)")
+    for flag, kind in (("--steps", int), ("--lr", float), ("--batch-size", int), ("--temperature", float),
+                       ("--weight", float), ("--feature-weight", float), ("--checkpoint-every", int),
+                       ("--eval-every", int), ("--gradient-accumulation-steps", int)):
+        p.add_argument(flag, type=kind, help="overrides the recipe's distill section")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("run", help="the main job: train the supernet (or reuse it), search, export the front")
     p.add_argument("recipe")

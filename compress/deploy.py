@@ -135,3 +135,30 @@ def rebuild_model(model_config: dict, quantization: dict, tensors: dict[str, tor
 def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent_path) if parent_path else root, name, new)
+
+
+@torch.no_grad()
+def float_model(model: nn.Module) -> nn.Module:
+    """Replace INT8 layers (``Int8Linear``/``Int8Conv2d``, bitsandbytes) by float layers holding their
+    dequantized weights, in place: a quantized artifact becomes a model that can be trained again."""
+    from compress.nn.quantized import Int8Conv2d, Int8Linear
+
+    for path, module in list(model.named_modules()):
+        if isinstance(module, Int8Linear):
+            new = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            new.weight.copy_(module.dequantized_weight())
+        elif isinstance(module, Int8Conv2d):
+            new = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                            groups=module.groups, bias=module.bias is not None)
+            new.weight.copy_(module.dequantized_weight())
+        elif type(module).__module__.startswith("bitsandbytes"):
+            from compress.policies.bnb import dequantized_weight
+
+            new = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            new.weight.copy_(dequantized_weight(module))
+        else:
+            continue
+        if module.bias is not None:
+            new.bias.copy_(module.bias.float())
+        _replace(model, path, new)
+    return model

@@ -39,7 +39,7 @@ QUANT_BACKENDS = {
     "onnxruntime": ("ort-static", "ort-dynamic"),
     "torch": ("bnb-int8", "bnb-nf4"),
 }
-PRUNE_IMPORTANCE = ("magnitude", "taylor", "hessian")
+PRUNE_IMPORTANCE = ("magnitude", "taylor")
 
 
 class _Strict(BaseModel):
@@ -65,6 +65,7 @@ class DataConfig(_Strict):
     test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
     size: int | None = Field(default=None, ge=1)
     num_classes: int | None = Field(default=None, ge=2)
+    grid: Literal[2, 3, 4] = Field(default=3, description="digits-mosaic: cells per mosaic side")
     normalize: NormalizeConfig | None = None
     augment: AugmentConfig = AugmentConfig()
 
@@ -177,7 +178,7 @@ class PruneSearch(_Strict):
     def _ratios(cls, v: list[float]) -> list[float]:
         if not v or any(not 0 <= r < 1 for r in v):
             raise ValueError("pruning ratios must be a non-empty list of numbers in [0, 1)")
-        return sorted(set(v))
+        return sorted(set(v) | {0.0})  # 0 is always a choice: a stage may stay whole (and baselines are unpruned)
 
     @field_validator("importance")
     @classmethod
@@ -197,7 +198,7 @@ class MergeSearch(_Strict):
     def _r(cls, v: list[int]) -> list[int]:
         if not v or any(x < 0 for x in v):
             raise ValueError("r must be a non-empty list of non-negative integers")
-        return sorted(set(v))
+        return sorted(set(v) | {0})  # 0 (no merging) is always a choice
 
 
 class DistillSearch(_Strict):
@@ -219,6 +220,7 @@ class DistillSearch(_Strict):
                 raise ValueError(f"{name} needs at least one value")
         if any(s < 0 for s in self.steps):
             raise ValueError("steps must be >= 0")
+        object.__setattr__(self, "steps", sorted(set(self.steps) | {0}))  # 0 (no recovery) is always a choice
         if any(t <= 0 for t in self.temperature):
             raise ValueError("temperature must be > 0")
         if any(not 0 <= w <= 1 for w in self.weight):
@@ -290,6 +292,24 @@ class ExportConfig(_Strict):
     baselines: bool = True
 
 
+class DistillRunConfig(_Strict):
+    """``compress distill``: fine-tune an exported student with a teacher, under accelerate."""
+
+    teacher: str = Field(default="largest", description="'largest', an artifact directory, or module:factory")
+    teacher_weights: str | None = None
+    steps: int = Field(default=500, ge=1, le=10_000_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536, description="per process")
+    lr: float = Field(default=5e-4, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    weight: float = Field(default=0.9, ge=0, le=1)
+    feature_weight: float = Field(default=0.0, ge=0)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpoint_every: int = Field(default=100, ge=1)
+    eval_every: int = Field(default=100, ge=1)
+
+
 class Recipe(_Strict):
     version: Literal[1]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -300,6 +320,7 @@ class Recipe(_Strict):
     search: SearchConfig = SearchConfig()
     target: TargetConfig = TargetConfig()
     export: ExportConfig = ExportConfig()
+    distill: DistillRunConfig = DistillRunConfig()
     run_dir: str | None = None
 
     @model_validator(mode="after")
@@ -359,6 +380,16 @@ class LoadedRecipe:
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def data_record(self) -> dict:
+        """What ``compress evaluate`` needs to reload the same splits without the recipe (stored in artifacts)."""
+        d = self.recipe.data
+        return {
+            "source": d.source, "path": str(self.data_path.resolve()) if self.data_path else None,
+            "image_size": d.image_size, "channels": d.channels, "val_fraction": d.val_fraction,
+            "test_fraction": d.test_fraction, "size": d.size, "num_classes": d.num_classes, "grid": d.grid,
+            "normalize": d.normalize.model_dump() if d.normalize else None, "seed": self.recipe.seed,
+        }
+
     def load_data(self):
         from compress.data import load_dataset
 
@@ -374,6 +405,7 @@ class LoadedRecipe:
             normalize=d.normalize.model_dump() if d.normalize else None,
             size=d.size,
             num_classes=d.num_classes,
+            grid=d.grid,
         )
 
 

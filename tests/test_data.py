@@ -141,25 +141,38 @@ def test_unknown_source_lists_valid_ones():
 # ---------------------------------------------------------------- digits-mosaic
 
 
+def _assert_repeated_digit_rule(m, labels):
+    for cells, label in zip(m.cells.tolist(), m.labels.tolist()):
+        cell_labels = labels[torch.tensor(cells)].tolist()
+        counts = sorted(cell_labels.count(c) for c in set(cell_labels))
+        assert counts == [1, 1, 2], cell_labels  # one digit twice, two other distinct digits once
+        assert cell_labels.count(label) == 2
+        twins = [c for c, cl in zip(cells, cell_labels) if cl == label]
+        assert twins[0] != twins[1]  # two different images of the label digit
+
+
 def test_compose_mosaics_label_rule_and_layout():
-    images = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous() * 40
-    labels = torch.tensor([3, 9, 4, 7, 0, 5])
-    m = compose_mosaics(images, labels, 200, seed=1)
-    assert m.images.shape == (200, 1, 4, 4) and m.cells.shape == (200, 4)
-    assert torch.equal(m.labels, (labels[m.cells[:, 0]] + labels[m.cells[:, 3]]) % 10)
+    images = torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1).expand(12, 1, 2, 2).contiguous() * 20
+    labels = torch.tensor([3, 9, 4, 7, 0, 5, 3, 9, 4, 7, 0, 5])
+    m = compose_mosaics(images, labels, 300, seed=1)
+    assert m.images.shape == (300, 1, 4, 4) and m.cells.shape == (300, 4)
+    _assert_repeated_digit_rule(m, labels)
     # Cell order is top-left, top-right, bottom-left, bottom-right.
     quadrants = [m.images[:, :, :2, :2], m.images[:, :, :2, 2:], m.images[:, :, 2:, :2], m.images[:, :, 2:, 2:]]
     for k, quadrant in enumerate(quadrants):
         assert torch.equal(quadrant, images[m.cells[:, k]])
-    # The two distractor cells do not affect the label: some mosaics share label cells but not distractors.
-    assert len(set(m.labels.tolist())) > 3
+    # Labels are spread over the classes and the repeated digit sits in every position.
+    assert set(m.labels.tolist()) == {0, 3, 4, 5, 7, 9}
+    positions = {k for cells, label in zip(m.cells.tolist(), m.labels.tolist())
+                 for k, c in enumerate(cells) if labels[c] == label}
+    assert positions == {0, 1, 2, 3}
 
 
 def test_compose_mosaics_respects_pool():
     images = torch.zeros(10, 1, 2, 2, dtype=torch.uint8)
-    pool = torch.tensor([2, 5, 7])
-    m = compose_mosaics(images, torch.arange(10), 50, seed=0, pool=pool)
-    assert set(m.cells.flatten().tolist()) <= {2, 5, 7}
+    pool = torch.tensor([1, 2, 5, 6, 7])
+    m = compose_mosaics(images, torch.arange(10) % 5, 50, seed=0, pool=pool)
+    assert set(m.cells.flatten().tolist()) <= {1, 2, 5, 6, 7}
 
 
 def test_mosaic_splits_share_no_base_digit_and_match_loader():
@@ -173,23 +186,40 @@ def test_mosaic_splits_share_no_base_digit_and_match_loader():
     assert not used["train"] & used["test"]
     assert not used["val"] & used["test"]
     for m in built.values():
-        assert torch.equal(m.labels, (labels[m.cells[:, 0]] + labels[m.cells[:, 3]]) % 10)
+        _assert_repeated_digit_rule(m, labels)
 
-    data = load_dataset("digits-mosaic", size=300, seed=5)
+    data = load_dataset("digits-mosaic", size=300, seed=5, grid=2)
     for name in ("train", "val", "test"):
         assert torch.equal(getattr(data, name).images, built[name].images)
         assert torch.equal(getattr(data, name).labels, built[name].labels)
 
 
 def test_mosaic_sizes_and_resize():
-    data = load_dataset("digits-mosaic", size=600, image_size=24, channels=3)
+    data = load_dataset("digits-mosaic", size=600, image_size=24, channels=3, grid=2)
     assert (len(data.train), len(data.val), len(data.test)) == (600, 200, 200)
     assert data.train.images.shape[1:] == (3, 24, 24)
     assert data.num_classes == 10
     assert mosaic_counts(None) == {"train": 6000, "val": 1000, "test": 1000}
     assert mosaic_counts(12000) == {"train": 12000, "val": 1000, "test": 1000}
     default = load_dataset("digits-mosaic", size=300)
-    assert default.train.images.shape[1:] == (1, 32, 32)
+    assert default.train.images.shape[1:] == (1, 30, 30)  # 3x3 cells of 10 pixels
+    assert load_dataset("digits-mosaic", size=300, grid=2).train.images.shape[1:] == (1, 32, 32)
+    with pytest.raises(DataError, match="data.grid must be 2, 3 or 4"):
+        load_dataset("digits-mosaic", size=300, grid=5)
+
+
+def test_three_by_three_mosaics_follow_the_rule():
+    images, labels = base_digits()
+    cells = to_uint8(torch.nn.functional.interpolate(images, size=(10, 10), mode="bilinear", align_corners=False))
+    m = compose_mosaics(cells, labels, 200, seed=3, grid=3)
+    assert m.images.shape == (200, 1, 30, 30) and m.cells.shape == (200, 9)
+    for row_cells, label in zip(m.cells.tolist(), m.labels.tolist()):
+        cell_labels = labels[torch.tensor(row_cells)].tolist()
+        assert cell_labels.count(label) == 2 and len(set(cell_labels)) == 8
+    # Row-major layout: cell k sits at row k // 3, column k % 3.
+    for k in range(9):
+        r, c = divmod(k, 3)
+        assert torch.equal(m.images[:, :, 10 * r:10 * r + 10, 10 * c:10 * c + 10], cells[m.cells[:, k]])
 
 
 def test_mosaic_deterministic():

@@ -167,3 +167,49 @@ def test_bad_search_input_fails_before_training(tmp_path, search, target, expect
     assert expected in proc.stderr
     assert not (tmp_path / "run" / "supernet").exists()  # nothing was trained
     assert time.time() - start < 60
+
+
+def test_hypervolume_and_rank_correlations():
+    from compress.search.hypervolume import hypervolume
+    from compress.search.ranking import kendall_tau, spearman
+
+    assert hypervolume([(1, 1)], (2, 2)) == 1
+    assert hypervolume([(0, 1), (1, 0)], (2, 2)) == 3
+    assert hypervolume([(0, 0, 1), (1, 1, 0), (1.5, 1.5, 1.5)], (2, 2, 2)) == 5  # a dominated point adds nothing
+    assert hypervolume([(3, 0)], (2, 2)) == 0  # beyond the reference point
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == -1
+    assert abs(spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) - 0.8) < 1e-12
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == 1 / 3
+
+
+@pytest.mark.slow
+def test_search_with_every_policy_records_choices_and_skips(tiny_run):
+    recipe = tiny_run(search={"n_trials": 8, "sampler": {"name": "random"}, "policies": {
+        "quantize": {"calibration_batches": 2},
+        "prune": {"enabled": True, "ratios": [0.0, 0.5], "importance": ["magnitude", "taylor"]},
+        "merge": {"enabled": True, "r": [0, 2]},
+        "distill": {"enabled": True, "steps": [0, 5], "batch_size": 16}}})
+    loaded = load_recipe(recipe)
+    study = run_search(loaded, loaded.run_dir(), log=quiet)
+    done = completed(study)
+    assert len(done) == 8 and not study.get_trials(states=(TrialState.FAIL,))
+    specs = [t.user_attrs["spec"]["policies"] for t in done]
+    assert any(s["prune"]["ratios"] and max(s["prune"]["ratios"]) > 0 for s in specs)
+    assert any(s["distill"]["steps"] == 5 for s in specs)
+    for t in done:
+        spec = t.user_attrs["spec"]
+        merge_wanted = spec["policies"]["merge"]["r"] > 0
+        last_is_conv = spec["arch"]["stages"][-1]["block"] == "conv"
+        assert ("merge" in t.user_attrs["notes"]) == (merge_wanted and last_is_conv)
+        assert t.user_attrs["policies"]  # the report shows each point's policies
+    baselines = [t for t in done if t.user_attrs.get("compress.baseline")]
+    assert all(not t.user_attrs["spec"]["policies"]["prune"]["ratios"] for t in baselines)
+    import csv
+
+    with open(loaded.run_dir() / "pareto.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    front = {t.number: t for t in study.best_trials}
+    assert rows and {int(r["trial"]) for r in rows} == set(front)
+    for row in rows:
+        assert row["policies"] == front[int(row["trial"])].user_attrs["policies"] != ""

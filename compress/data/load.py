@@ -70,6 +70,7 @@ def load_dataset(
     normalize: dict | None = None,
     size: int | None = None,
     num_classes: int | None = None,
+    grid: int = 3,
 ) -> DatasetSplits:
     """Load ``source`` into memory as train/val/test splits of uint8 images.
 
@@ -89,12 +90,15 @@ def load_dataset(
         size=size,
         num_classes=num_classes,
     )
+    if grid not in (2, 3, 4):
+        raise DataError(f"data.grid must be 2, 3 or 4 (cells per mosaic side), got {grid!r}")
     fractions = {"val_fraction": float(val_fraction), "test_fraction": float(test_fraction)}
     data: SourceData
     if source == "digits":
         data = load_digits_source(image_size=image_size, channels=channels, seed=seed, **fractions)
     elif source == "digits-mosaic":
-        data = load_mosaic_source(image_size=image_size, channels=channels, seed=seed, size=size, **fractions)
+        data = load_mosaic_source(image_size=image_size, channels=channels, seed=seed, size=size, grid=grid,
+                                  **fractions)
     elif source == "synthetic":
         data = load_synthetic_source(
             num_classes=num_classes, channels=channels, image_size=image_size, size=size, seed=seed, **fractions

@@ -54,7 +54,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_artifact(path: Path, candidate, metrics, *, context, provenance: dict[str, Any],
+def write_artifact(path: Path, candidate, metrics, *, data, target, provenance: dict[str, Any],
                    extra_metrics: dict[str, Any] | None = None, write_onnx: bool = True) -> Path:
     """Write ``candidate`` (a built :class:`~compress.search.candidate.Candidate`) to ``path`` atomically."""
     from compress.export.card import model_card
@@ -70,7 +70,6 @@ def write_artifact(path: Path, candidate, metrics, *, context, provenance: dict[
         files[ONNX] = deployable.onnx_bytes()
     elif write_onnx:  # a PyTorch-runtime artifact still ships an fp32 ONNX for other runtimes
         files[ONNX] = export_onnx(deployable.model, torch.rand(deployable.input_shape)).SerializeToString()
-    data = context.data
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -89,7 +88,7 @@ def write_artifact(path: Path, candidate, metrics, *, context, provenance: dict[
             "normalization": {"mean": data.mean, "std": data.std, "applied_by_model": True},
         },
         "classes": data.class_names,
-        "target": context.target.model_dump(mode="json"),
+        "target": target.model_dump(mode="json"),
         "metrics": {**metrics.to_dict(), **(extra_metrics or {})},
         "provenance": provenance,
         "files": {name: sha256(blob) for name, blob in files.items()},

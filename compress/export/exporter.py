@@ -36,17 +36,6 @@ def select_trials(study: optuna.Study, trials: list[int] | None, pareto: bool) -
     return out
 
 
-def data_record(loaded: LoadedRecipe) -> dict:
-    """What ``compress evaluate`` needs to reload the same splits without the recipe."""
-    d = loaded.recipe.data
-    return {
-        "source": d.source, "path": str(loaded.data_path.resolve()) if loaded.data_path else None,
-        "image_size": d.image_size, "channels": d.channels, "val_fraction": d.val_fraction,
-        "test_fraction": d.test_fraction, "size": d.size, "num_classes": d.num_classes,
-        "normalize": d.normalize.model_dump() if d.normalize else None, "seed": loaded.recipe.seed,
-    }
-
-
 def export_trials(loaded: LoadedRecipe, context: BuildContext, study: optuna.Study, trials, out_dir: Path, *,
                   storage_url: str, supernet_key: str, log=print) -> list[Path]:
     written = []
@@ -60,16 +49,18 @@ def export_trials(loaded: LoadedRecipe, context: BuildContext, study: optuna.Stu
             "recipe": str(loaded.path),
             "recipe_hash": loaded.recipe_hash(),
             "supernet_key": supernet_key,
+            "space": loaded.space.name,
+            "space_fingerprint": loaded.space.fingerprint(),
             "study": study.study_name,
             "storage": _redact(storage_url),
             "trial": trial.number,
             "trial_metrics": {k: trial.user_attrs["metrics"][k] for k in ("accuracy", "latency_ms", "size_mb")},
-            "data": data_record(loaded),
+            "data": loaded.data_record(),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": package_versions(),
             "machine": machine(),
         }
-        path = write_artifact(out_dir / f"trial-{trial.number:04d}", candidate, metrics, context=context,
+        path = write_artifact(out_dir / f"trial-{trial.number:04d}", candidate, metrics, data=context.data, target=context.target,
                               provenance=provenance, extra_metrics={"test_accuracy": test_acc},
                               write_onnx=loaded.recipe.export.onnx)
         recorded = trial.user_attrs["metrics"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from compress.nn.layers import ConvBNAct
@@ -26,6 +25,17 @@ class MBConv(nn.Module):
         return {"type": "conv", "hidden": self.pw1.conv.out_channels, "kernel_size": self.dw.conv.kernel_size[0]}
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v, written out rather than ``F.scaled_dot_product_attention``:
+    torch-pruning traces channels through autograd and loses track of them inside SDPA (measured: it then
+    prunes indices that do not exist), and at our sequence lengths the fused kernel gains nothing on CPU.
+    The supernet uses this same function, so extracted subnets match it exactly."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1) @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with an optional proportional-attention bias for merged tokens.
 
@@ -46,12 +56,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, N, head_dim)
+        q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim); unbind (not indexing) lets torch-pruning see the split
         bias = None
         if size is not None:
             bias = size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N): a merged key counts `size` times
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(batch, tokens, -1)
+        out = attend(q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1)
         return self.proj(out), k.mean(dim=1)
 
 

@@ -63,3 +63,23 @@ def load_bnb_linear(in_features: int, out_features: int, has_bias: bool, backend
             layer.bias = nn.Parameter(tensors["bias"].to(device), requires_grad=False)
         return layer
     raise ValueError(f"unknown bitsandbytes backend {backend!r}")
+
+
+def dequantized_weight(layer: nn.Module) -> torch.Tensor:
+    """The float weight a bitsandbytes layer computes with (for training a quantized model again)."""
+    bnb = _bnb()
+    weight = layer.weight
+    if isinstance(weight, bnb.nn.Int8Params):
+        # The row scales sit on the weight until the first forward, on the layer's state after it.
+        scb = weight.SCB if weight.SCB is not None else layer.state.SCB
+        return weight.data.float() * scb.float().unsqueeze(1) / 127.0
+    if isinstance(weight, bnb.nn.Params4bit):
+        # The CPU kernel repacks NF4 weights in place on first use, so read the weight the layer computes
+        # with through its own forward: rows of the identity give the columns of W (plus the bias).
+        with torch.no_grad():
+            probe = torch.eye(layer.in_features, device=weight.device)
+            out = layer(probe).float()
+            if layer.bias is not None:
+                out = out - layer.bias.float()
+        return out.T.contiguous()
+    raise TypeError(f"not a bitsandbytes layer: {type(layer).__name__}")

@@ -73,7 +73,7 @@ def prune(model: HybridNet, policy: PrunePolicy, images: torch.Tensor, labels: t
             pruning_ratio=0.0,  # only the stages named in pruning_ratio_dict shrink
             pruning_ratio_dict=ratios,
             ignored_layers=[model.classifier],
-            num_heads=heads,
+            num_heads=heads,  # always declared: qkv rows are (3, heads, head_dim) and must stay so
             prune_num_heads=bool(head_ratios),
             prune_head_dims=False,
             head_pruning_ratio_dict=head_ratios or None,

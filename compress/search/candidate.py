@@ -1,31 +1,41 @@
 """A candidate: an architecture plus policies, built by ONE function that search and export share.
 
 ``build_candidate(context, spec)`` is deterministic given the supernet weights, the spec (arch, policies,
-seed) and the data, so an exported artifact is the model its trial measured. The order of steps is fixed:
+seed) and the data, so an exported artifact is the model its trial measured. The order of steps is fixed,
+the same in search and export:
 
-    extract subnet -> recalibrate BatchNorm -> fold BatchNorm -> export -> quantize
+    extract subnet -> recalibrate BatchNorm
+      -> prune (torch-pruning) -> recalibrate BatchNorm
+      -> merge tokens (ToMe, last attention stage)
+      -> recovery distillation from the teacher -> recalibrate BatchNorm
+      -> fold BatchNorm -> export -> quantize (always last: it works on the recovered float model)
 
-(pruning, token merging and distillation recovery slot in before the fold; quantization always comes last).
+A policy that cannot apply to a candidate (merging without attention, distillation without a teacher) is
+skipped, and the reason is recorded in ``Candidate.notes`` (and on the trial).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from compress.data import DatasetSplits, calibration_batches
+from compress.data import DatasetSplits, Split, calibration_batches
 from compress.deploy import Deployable, lower
 from compress.measure.accuracy import accuracy
 from compress.measure.latency import Latency, example_input, measure_latency
 from compress.measure.macs import count_macs
 from compress.nn.net import HybridNet
 from compress.policies import Policies
-from compress.recipe import TargetConfig
+from compress.policies.prune import prune
+from compress.policies.tome import apply_merge, merge_skip_reason
+from compress.recipe import AugmentConfig, TargetConfig
 from compress.space import Arch
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
+from compress.train.bn import recalibrate_bn
+from compress.train.finetune import finetune
 
 
 @dataclass(frozen=True)
@@ -51,19 +61,40 @@ class BuildContext:
     target: TargetConfig
     bn_batches: list[torch.Tensor]
     calibration: list[torch.Tensor]
+    labeled_batch: tuple[torch.Tensor, torch.Tensor]  # for data-driven pruning criteria
     eval_batch_size: int = 256
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    teacher_factory: Callable[[], torch.nn.Module] | None = None
+    _teacher: torch.nn.Module | None = None
 
     @classmethod
     def create(cls, supernet: HybridSupernet, data: DatasetSplits, target: TargetConfig, *, seed: int,
-               bn_batches: int, calibration_batches_n: int, eval_batch_size: int = 256) -> "BuildContext":
+               bn_batches: int, calibration_batches_n: int, eval_batch_size: int = 256,
+               augment: AugmentConfig | None = None,
+               teacher_factory: Callable[[], torch.nn.Module] | None = None) -> "BuildContext":
+        bn = calibration_batches(data.train, bn_batches, batch_size=64, seed=seed)
+        if teacher_factory is None:
+            # Default teacher: the supernet's largest subnet (what the supernet was distilled from).
+            teacher_factory = lambda: calibrated_subnet(supernet, supernet.space.largest(), bn)  # noqa: E731
         return cls(
             supernet=supernet.eval(),
             data=data,
             target=target,
-            bn_batches=calibration_batches(data.train, bn_batches, batch_size=64, seed=seed),
+            bn_batches=bn,
             calibration=calibration_batches(data.train, calibration_batches_n, batch_size=32, seed=seed + 1),
+            labeled_batch=_labeled_batch(data.train, 64, seed),
             eval_batch_size=eval_batch_size,
+            augment=augment or AugmentConfig(),
+            teacher_factory=teacher_factory,
         )
+
+    def teacher(self) -> torch.nn.Module:
+        """The distillation teacher, built once per context."""
+        if self._teacher is None:
+            self._teacher = self.teacher_factory().eval()
+            for p in self._teacher.parameters():
+                p.requires_grad_(False)
+        return self._teacher
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -99,10 +130,30 @@ class Metrics:
         return d
 
 
+def _labeled_batch(split: Split, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed + 2))[:n]
+    return split.images[idx].float().div_(255.0), split.labels[idx]
+
+
 def build_candidate(context: BuildContext, spec: CandidateSpec) -> Candidate:
     torch.manual_seed(spec.seed)
+    policies = spec.policies
     model = calibrated_subnet(context.supernet, spec.arch, context.bn_batches)
     notes: dict[str, str] = {}
+    if policies.prune.enabled:
+        prune(model, policies.prune, *context.labeled_batch)
+        recalibrate_bn(model, context.bn_batches)
+    if policies.merge.enabled:
+        reason = merge_skip_reason(model)
+        if reason:
+            notes["merge"] = f"skipped: {reason}"
+        else:
+            apply_merge(model, policies.merge)
+    if policies.distill.enabled:
+        d, aug = policies.distill, context.augment
+        finetune(model, context.data.train, steps=d.steps, lr=d.lr, batch_size=d.batch_size, seed=spec.seed,
+                 teacher=context.teacher(), policy=d, crop_padding=aug.crop_padding, hflip=aug.hflip)
+        recalibrate_bn(model, context.bn_batches)
     deployable = lower(model, context.target.runtime, spec.policies.quant, context.calibration,
                        context.input_shape, device=context.target.device)
     if spec.policies.quant.enabled and not deployable.quantization_record()["int8_layers"]:
@@ -110,21 +161,24 @@ def build_candidate(context: BuildContext, spec: CandidateSpec) -> Candidate:
     return Candidate(spec, model, deployable, notes)
 
 
-def measure_candidate(candidate: Candidate, context: BuildContext) -> Metrics:
-    """Accuracy on the val split, latency on the target, size of the deployed file."""
-    target = context.target
-    deployable = candidate.deployable
+def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits, target: TargetConfig,
+            eval_batch_size: int = 256) -> Metrics:
+    """Accuracy on the val split, latency on the target, size of the deployed file (of any deployable)."""
+    shape = deployable.input_shape
     # Accuracy does not depend on thread count; measure it with all cores, latency with the target's.
-    acc = accuracy(deployable.runner(threads=max(1, torch.get_num_threads())), context.data.val,
-                   context.eval_batch_size)
-    latency = measure_latency(deployable.runner(threads=target.threads), example_input(context.input_shape),
+    acc = accuracy(deployable.runner(threads=max(1, torch.get_num_threads())), data.val, eval_batch_size)
+    latency = measure_latency(deployable.runner(threads=target.threads), example_input(shape),
                               warmup=target.warmup, repeats=target.repeats)
     return Metrics(
         accuracy=acc,
         latency_ms=latency.median_ms,
         latency_p90_ms=latency.p90_ms,
         size_mb=len(deployable.deployed_bytes()) / 1e6,
-        params=sum(p.numel() for p in candidate.model.parameters()),
-        macs=count_macs(candidate.model, example_input(context.input_shape)),
+        params=sum(p.numel() for p in model.parameters()),
+        macs=count_macs(model, example_input(shape)),
         latency=latency,
     )
+
+
+def measure_candidate(candidate: Candidate, context: BuildContext) -> Metrics:
+    return measure(candidate.model, candidate.deployable, context.data, context.target, context.eval_batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.nn.blocks import MBConv, TransformerBlock
+from compress.nn.blocks import MBConv, TransformerBlock, attend
 from compress.nn.net import AttnStage, ConvStage, HybridNet, pool_tokens
 from compress.nn.layers import Normalize
 from compress.space import Arch, SearchSpace, StageArch
@@ -51,7 +51,7 @@ class ElasticTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, heads: int, mlp_hidden: int) -> torch.Tensor:
         batch, tokens, dim = x.shape
         qkv = self.qkv(self.norm1(x), heads).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = attend(*qkv.unbind(0))
         x = x + self.proj(out.transpose(1, 2).reshape(batch, tokens, -1), dim)
         return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x), mlp_hidden)), dim)
 

@@ -1,0 +1,129 @@
+"""Pruning, token merging and distillation, each measured in one run against the candidate without it.
+
+1. Pruning half of the prunable width (ratio 0.5 in every stage) of the largest subnet: parameters and
+   latency against the unpruned subnet (bar: <= 0.55x parameters, <= 0.7x latency).
+2. Token merging on the most attention-heavy subnet (attention wherever the space allows it, largest
+   otherwise): throughput and accuracy for several r, training-free as in ToMe (aim: 1.5x at <= 0.5 points).
+3. Recovery after pruning: N steps of distillation from the largest subnet against N steps of plain
+   fine-tuning on the labels (same data, same optimizer, same seed).
+
+    python scripts/bench_policies.py [--recipe recipes/mosaic.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from benchlib import environment, interleaved_latency, ratio_summary, trained_context, write_results
+
+from compress.deploy import lower
+from compress.measure.accuracy import accuracy
+from compress.measure.latency import example_input
+from compress.policies import DistillPolicy, MergePolicy, PrunePolicy, QuantPolicy
+from compress.policies.prune import prune
+from compress.policies.tome import apply_merge
+from compress.space import Arch
+from compress.supernet.subnet import calibrated_subnet
+from compress.train.bn import recalibrate_bn
+from compress.train.finetune import finetune
+
+
+def attention_heavy(space) -> Arch:
+    largest = space.largest()
+    stages = []
+    for spec, stage in zip(space.stages, largest.stages):
+        if "attn" in spec.blocks and stage.block != "attn":
+            stage = space._stage(spec, "attn", max(spec.depth), max(spec.width), max)
+        stages.append(stage)
+    return Arch(largest.stem_width, tuple(stages))
+
+
+def timed(models: dict, context, batch: int, rounds: int) -> dict:
+    """Interleaved ONNX Runtime latency of fp32 models (1 thread) at ``batch``."""
+    shape = (batch, context.data.in_channels, context.data.image_size, context.data.image_size)
+    runners = {name: lower(m, "onnxruntime", QuantPolicy(), [], shape).runner(threads=1) for name, m in models.items()}
+    return ratio_summary(interleaved_latency(runners, example_input(shape), rounds=rounds, per_round=30),
+                         next(iter(models)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/mosaic.yaml")
+    parser.add_argument("--run-dir")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tome-batch", type=int, default=16)
+    parser.add_argument("--recovery-steps", type=int, default=150)
+    args = parser.parse_args()
+    loaded, checkpoint, context = trained_context(args.recipe, args.run_dir)
+    space, data, seed = loaded.space, context.data, loaded.recipe.seed
+    supernet, bn = checkpoint.supernet, context.bn_batches
+    md = [f"## Policies on `{loaded.name}` ({data.source})", ""]
+    payload: dict = {"recipe": args.recipe, "environment": environment()}
+
+    # 1. Pruning ------------------------------------------------------------------------------------------
+    base = calibrated_subnet(supernet, space.largest(), bn)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    pruned = {}
+    for importance in ("magnitude", "taylor"):
+        m = copy.deepcopy(base)
+        prune(m, PrunePolicy(tuple(0.5 for _ in space.stages), importance), *context.labeled_batch)
+        pruned[importance] = recalibrate_bn(m, bn)
+    lat = timed({"unpruned": base, **{f"pruned ({k})": v for k, v in pruned.items()}}, context, 1, args.rounds)
+    md += ["### Pruning half of the prunable width (ratio 0.5 in every stage) of the largest subnet", "",
+           "| model | parameters | ratio | latency b=1 | ratio | val acc (no recovery) |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = {"unpruned": base, **{f"pruned ({k})": v for k, v in pruned.items()}}
+    payload["pruning"] = {}
+    for name, m in rows.items():
+        acc = accuracy(m, data.val)
+        payload["pruning"][name] = {"params": count(m), "param_ratio": count(m) / count(base), **lat[name],
+                                    "accuracy": acc}
+        md.append(f"| {name} | {count(m):,} | {count(m) / count(base):.2f}x | {lat[name]['median_ms']:.3f} ms | "
+                  f"{lat[name]['ratio_vs_unpruned']:.2f}x | {100 * acc:.2f}% |")
+    md += ["", "Bar (issue 4): <= 0.55x parameters and <= 0.7x latency.", ""]
+
+    # 2. Token merging ------------------------------------------------------------------------------------
+    heavy_arch = attention_heavy(space)
+    heavy = calibrated_subnet(supernet, heavy_arch, bn)
+    tokens = (data.image_size // (space.stem.stride * 2 ** sum(s.stride == 2 for s in space.stages))) ** 2
+    rs = [r for r in (0, 2, 4, 8, 12, 16) if r <= tokens // 2]
+    merged = {f"r={r}": apply_merge(copy.deepcopy(heavy), MergePolicy(r)) for r in rs}
+    lat = timed(merged, context, args.tome_batch, args.rounds)
+    base_acc = accuracy(merged["r=0"], data.val)
+    md += [f"### Token merging on the most attention-heavy subnet (`{heavy_arch.describe()}`, {tokens} tokens "
+           f"in the last stage), training-free", "",
+           f"| r per layer | latency b={args.tome_batch} | throughput (images/s) | speed-up | val acc | drop (pt) |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    payload["token_merging"] = {"arch": heavy_arch.describe(), "tokens": tokens, "batch": args.tome_batch, "rows": {}}
+    for name, m in merged.items():
+        acc = accuracy(m, data.val)
+        speed = 1 / lat[name]["ratio_vs_r=0"]
+        payload["token_merging"]["rows"][name] = {**lat[name], "speedup": speed, "accuracy": acc}
+        md.append(f"| {name[2:]} | {lat[name]['median_ms']:.3f} ms | {1000 * args.tome_batch / lat[name]['median_ms']:.0f} "
+                  f"| {speed:.2f}x | {100 * acc:.2f}% | {100 * (base_acc - acc):+.2f} |")
+    md += ["", "Aim (issue 4): 1.5x throughput at <= 0.5 points. Only the last stage merges (merged tokens no longer "
+           "form a grid for the stages after them).", ""]
+
+    # 3. Recovery distillation ----------------------------------------------------------------------------
+    aug = loaded.recipe.data.augment
+    start = pruned["magnitude"]
+    teacher = calibrated_subnet(supernet, space.largest(), bn)
+    policy = DistillPolicy(steps=args.recovery_steps, temperature=4.0, weight=0.9, lr=1e-3, batch_size=64)
+    results = {"pruned, no recovery": accuracy(start, data.val)}
+    for name, t in (("fine-tuned on labels", None), ("distilled from largest", teacher)):
+        m = copy.deepcopy(start)
+        finetune(m, data.train, steps=policy.steps, lr=policy.lr, batch_size=policy.batch_size, seed=seed,
+                 teacher=t, policy=policy if t is not None else None, crop_padding=aug.crop_padding, hflip=aug.hflip)
+        results[name] = accuracy(recalibrate_bn(m, bn), data.val)
+    payload["recovery"] = {"steps": policy.steps, "accuracy": results}
+    md += [f"### Recovery after pruning (magnitude, 0.5): {policy.steps} steps, batch {policy.batch_size}, AdamW "
+           f"lr {policy.lr:g}", "", "| recovery | val acc |", "| --- | --- |"]
+    md += [f"| {name} | {100 * acc:.2f}% |" for name, acc in results.items()]
+    md += ["", f"Distillation: T = {policy.temperature:g}, weight {policy.weight:g} on the teacher's soft labels "
+           "(largest subnet of the supernet).", ""]
+    write_results("policies", payload, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Distillation runs under accelerate: two CPU ranks, kill and resume, teachers, and refusals."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+from tests.fixtures import user_teacher  # noqa: E402  (the subprocesses import it as `user_teacher`)
+
+
+def env():
+    e = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent.parent), str(FIXTURES), e.get("PYTHONPATH", "")])
+    return e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory, trained_tiny):
+    """An exported INT8 artifact of the tiny space, and a recipe whose run dir holds the supernet."""
+    import shutil
+
+    from compress.export.artifact import write_artifact
+    from compress.policies import Policies, QuantPolicy
+    from compress.recipe import load_recipe
+    from compress.search.candidate import BuildContext, CandidateSpec, build_candidate, measure_candidate
+    from compress.supernet.checkpoint import load_supernet
+    from tests.conftest import tiny_recipe
+
+    tmp = tmp_path_factory.mktemp("distill")
+    shutil.copytree(trained_tiny, tmp / "run" / "supernet")
+    recipe = tiny_recipe(tmp, distill={"steps": 8, "batch_size": 16, "eval_every": 4, "checkpoint_every": 4})
+    loaded = load_recipe(recipe)
+    ckpt = load_supernet(trained_tiny)
+    context = BuildContext.create(ckpt.supernet, loaded.load_data(), loaded.recipe.target, seed=0, bn_batches=2,
+                                  calibration_batches_n=2)
+    spec = CandidateSpec(ckpt.space.smallest(), Policies(quant=QuantPolicy("ort-static", ("stages.1", "classifier"))))
+    candidate = build_candidate(context, spec)
+    path = write_artifact(tmp / "student", candidate, measure_candidate(candidate, context), data=context.data,
+                          target=context.target, provenance={"space": loaded.space.name,
+                                                             "space_fingerprint": loaded.space.fingerprint()})
+    return recipe, path
+
+
+def distill(recipe, student_path, out, *extra, launcher=(), check=True, **kwargs):
+    cmd = [sys.executable, *launcher, "-m", "compress", "distill", str(recipe), "--student", str(student_path),
+           "--out", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.slow
+def test_two_processes_on_cpu_each_see_their_share(student, tmp_path):
+    recipe, path = student
+    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    out = tmp_path / "distilled"
+    distill(recipe, path, out, "--steps", "6", launcher=launcher, timeout=600)
+    config = json.loads((out / "config.json").read_text())
+    d = config["provenance"]["distillation"]
+    assert d["processes"] == 2
+    assert d["samples_per_rank"] == [6 * 16, 6 * 16]  # every rank took part with its own batches
+    assert config["provenance"]["parent_artifact"] == str(path.resolve())
+    assert "largest subnet" in config["provenance"]["teacher"]
+    assert config["quantization"]["backend"] == "ort-static" and config["quantization"]["int8_layers"]
+    proc = subprocess.run([sys.executable, "-m", "compress", "evaluate", str(out)], capture_output=True, text=True,
+                          env=env())
+    assert proc.returncode == 0, proc.stderr
+    assert f"(recorded {config['metrics']['accuracy']:.4f})" in proc.stdout
+
+
+@pytest.mark.slow
+def test_killed_after_first_checkpoint_resumes(student, tmp_path):
+    recipe, path = student
+    out = tmp_path / "resumed"
+    state = out.with_name(out.name + ".state") / "progress.json"
+    cmd = [sys.executable, "-m", "compress", "distill", str(recipe), "--student", str(path), "--out", str(out),
+           "--steps", "400", "--checkpoint-every", "5", "--eval-every", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "no checkpoint was written"
+    saved = json.loads(state.read_text())["step"]
+    assert 5 <= saved < 400 and saved % 5 == 0
+    assert not (out / "config.json").exists()
+
+    done = distill(recipe, path, out, "--steps", "400", "--checkpoint-every", "5", "--eval-every", "1000",
+                   timeout=900)
+    assert f"resuming distillation from step {saved}/400" in done.stdout
+    d = json.loads((out / "config.json").read_text())["provenance"]["distillation"]
+    assert d["resumed_from_step"] == saved
+    assert d["optimizer_steps"] == 400  # the optimizer's own step count was restored, not restarted at 0
+    assert d["samples_per_rank"] == [(400 - saved) * 16]  # this session only ran the remaining steps
+    assert not out.with_name(out.name + ".state").exists()
+
+
+def test_user_model_teacher(student, tmp_path):
+    from safetensors.torch import save_file
+
+    recipe, path = student
+    weights = tmp_path / "teacher.safetensors"
+    teacher = user_teacher.linear_teacher()
+    save_file(teacher.state_dict(), weights)
+    out = tmp_path / "from-user-teacher"
+    distill(recipe, path, out, "--steps", "2", "--teacher", "user_teacher:linear_teacher", "--teacher-weights",
+            str(weights), timeout=300)
+    provenance = json.loads((out / "config.json").read_text())["provenance"]
+    assert provenance["teacher"].startswith("user_teacher:linear_teacher with weights")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--teacher", "no/such/artifact"], "no such artifact directory"),
+    (["--teacher", "nosuchmodule:factory", "--teacher-weights", "x.safetensors"], "cannot import module 'nosuchmodule'"),
+    (["--teacher", "user_teacher:linear_teacher"], "needs its weights"),
+    (["--teacher", "user_teacher:seven_class_teacher", "--teacher-weights", "SEVEN"], "outputs [7] values per image, the data has 4 classes"),
+    (["--supernet", "no/such/dir"], "needs the recipe's supernet checkpoint"),
+])
+def test_bad_teachers_fail_before_training(student, tmp_path, extra, expected):
+    from safetensors.torch import save_file
+
+    recipe, path = student
+    if "SEVEN" in extra:
+        weights = tmp_path / "seven.safetensors"
+        save_file(user_teacher.seven_class_teacher().state_dict(), weights)
+        extra = [str(weights) if e == "SEVEN" else e for e in extra]
+    if "x.safetensors" in extra:
+        extra = [str(tmp_path / e) if e == "x.safetensors" else e for e in extra]
+    out = tmp_path / "never"
+    proc = distill(recipe, path, out, *extra, check=False, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expected in proc.stderr
+    assert not out.exists() and not out.with_name(out.name + ".state").exists()
+
+
+def test_student_from_another_space_is_refused(student, tmp_path):
+    import shutil
+
+    recipe, path = student
+    other = tmp_path / "other-space"
+    shutil.copytree(path, other)
+    config = json.loads((other / "config.json").read_text())
+    config["provenance"]["space_fingerprint"] = "0123456789abcdef"
+    config["provenance"]["space"] = "cifar-hybrid"
+    (other / "config.json").write_text(json.dumps(config))
+    proc = distill(recipe, other, tmp_path / "never", check=False, timeout=300)
+    assert proc.returncode == 2
+    assert "comes from search space 'cifar-hybrid'" in proc.stderr
