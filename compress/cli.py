@@ -47,15 +47,18 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
 
 
 def _search(loaded, run_dir: Path, storage: str | None, study: str | None, supernet: str | None):
+    """Run the search; the run directory records where its study lives first, so a killed search can still
+    be reported on and exported from."""
+    from compress.fsutil import ensure_writable_dir
     from compress.rundir import save_run_info
     from compress.search.loop import resolve_storage, run_search
 
     url = resolve_storage(loaded, run_dir, storage)
     name = study or loaded.recipe.search.study_name or loaded.recipe.name
+    save_run_info(ensure_writable_dir(run_dir), loaded, url, name)
     study_obj = run_search(loaded, run_dir, storage=url, study_name=name,
                            supernet_path=Path(supernet) if supernet else None, log=_log)
-    save_run_info(run_dir, loaded, url, name)
-    return study_obj
+    return study_obj, url
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -64,7 +67,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(args.recipe)
     run_dir = loaded.run_dir(args.run_dir)
-    study = _search(loaded, run_dir, args.storage, args.study, args.supernet)
+    study, _ = _search(loaded, run_dir, args.storage, args.study, args.supernet)
     console.print(front_table(study))
     _log(f"front: {run_dir / 'pareto.csv'}, {run_dir / 'pareto.png'}; all trials: {run_dir / 'trials.csv'}")
     return 0
@@ -122,7 +125,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from compress.measure.accuracy import accuracy
     from compress.measure.latency import example_input, measure_latency
 
-    runner, config = deployed_runner(Path(args.artifact), threads=args.threads or config_threads(args.artifact))
+    runner, config = deployed_runner(Path(args.artifact), threads=args.threads)
     data_spec = dict(config.provenance.get("data") or {})
     if not data_spec:
         raise CompressError(f"{args.artifact}: config.json records no data to evaluate on")
@@ -143,12 +146,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
          f"{100 * latency.spread:.1f}%   (recorded {recorded['latency_ms']:.3f} ms)")
     _log(f"  size          {recorded['size_mb']:.3f} MB")
     return 0
-
-
-def config_threads(artifact: str) -> int:
-    from compress.export.artifact import read_config
-
-    return int(read_config(Path(artifact)).target.get("threads", 1))
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
@@ -183,14 +180,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     _log(f"[1/3] supernet ({loaded.space.name}, {loaded.recipe.supernet.epochs} epochs)")
     ckpt_dir = train_supernet(loaded, run_dir, log=_log)
     _log(f"[2/3] search ({loaded.recipe.search.n_trials} trials, {loaded.recipe.search.sampler.name})")
-    study = _search(loaded, run_dir, args.storage, args.study, None)
+    study, url = _search(loaded, run_dir, args.storage, args.study, None)
     out = run_dir / "artifacts"
     if loaded.recipe.export.pareto:
         _log("[3/3] export of the Pareto front")
         checkpoint = load_supernet(ckpt_dir)
         export_trials(loaded, load_context(loaded, checkpoint), study, select_trials(study, None, True), out,
-                      storage_url=_search_url(loaded, run_dir, args.storage),
-                      supernet_key=checkpoint.meta["supernet_key"], log=_log)
+                      storage_url=url, supernet_key=checkpoint.meta["supernet_key"], log=_log)
     console.print(front_table(study))
     _log(f"done in {time.time() - started:.0f}s. Plot: {run_dir / 'pareto.png'}; artifacts: {out}; "
          f"load one with compress.load(\"{out}/trial-NNNN\")")
@@ -211,12 +207,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     run_distillation(loaded, student, out, teacher=args.teacher, teacher_weights=args.teacher_weights,
                      supernet_dir=Path(args.supernet) if args.supernet else None, overrides=overrides, log=_log)
     return 0
-
-
-def _search_url(loaded, run_dir: Path, storage: str | None) -> str:
-    from compress.search.loop import resolve_storage
-
-    return resolve_storage(loaded, run_dir, storage)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,7 +65,7 @@ class DataConfig(_Strict):
     test_fraction: float = Field(default=0.15, ge=0, lt=0.5)
     size: int | None = Field(default=None, ge=1)
     num_classes: int | None = Field(default=None, ge=2)
-    grid: Literal[2, 3, 4] = Field(default=3, description="digits-mosaic: cells per mosaic side")
+    grid: Literal[2, 3] = Field(default=3, description="digits-mosaic: cells per mosaic side")
     normalize: NormalizeConfig | None = None
     augment: AugmentConfig = AugmentConfig()
 
@@ -379,6 +379,12 @@ class LoadedRecipe:
                            "supernet": self.recipe.supernet.model_dump(mode="json"), "seed": self.recipe.seed},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resolve(self, value: str | None) -> str | None:
+        """A path from the recipe, relative to the recipe's directory (module:factory specs pass through)."""
+        if value is None or (":" in value and not Path(value).exists()):
+            return value
+        return str(_resolve(value, self.path.parent))
 
     def data_record(self) -> dict:
         """What ``compress evaluate`` needs to reload the same splits without the recipe (stored in artifacts)."""

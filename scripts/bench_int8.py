@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--per-round", type=int, default=40)
+    parser.add_argument("--wide-space", default="search_spaces/cifar_hybrid.yaml",
+                        help="also time the largest subnet of this space (untrained: latency and size only)")
     args = parser.parse_args()
 
     loaded, checkpoint, context = trained_context(args.recipe, args.run_dir)
@@ -77,9 +79,44 @@ def main() -> None:
            "per-round ratios.", "", "Bar (issue 3): size <= 0.3x, latency <= 0.6x, accuracy drop <= 0.5 points.", ""]
     for name, checks in verdicts.items():
         md.append(f"- {name}: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
+    wide = wide_model_section(args.wide_space, args.rounds) if args.wide_space else None
+    if wide:
+        md += ["", wide["markdown"]]
     write_results("int8", {"recipe": args.recipe, "accuracy": acc, "test_accuracy": test_acc, "size_bytes": size,
                            "timing": {str(b): t for b, t in timing.items()}, "verdicts": verdicts,
+                           "wide": {k: v for k, v in (wide or {}).items() if k != "markdown"},
                            "environment": environment()}, "\n".join(md) + "\n")
+
+
+def wide_model_section(space_path: str, rounds: int) -> dict:
+    """The same backends on a much wider model: does INT8 pay at scale? Untrained (random weights), so
+    only latency and size are meaningful; calibration uses random images."""
+    import torch
+
+    from compress.deploy import lower
+    from compress.policies.quantize import model_units
+    from compress.space import SearchSpace
+    from compress.supernet import HybridSupernet, extract_subnet
+
+    torch.manual_seed(0)
+    space = SearchSpace.from_yaml(space_path)
+    model = extract_subnet(HybridSupernet(space, 3, 10, [0.5] * 3, [0.25] * 3), space.largest()).eval()
+    shape = (1, 3, 32, 32)
+    calibration = [torch.rand(8, *shape[1:]) for _ in range(4)]
+    policies = {"fp32": QuantPolicy(), "int8 ort-static": QuantPolicy("ort-static", tuple(model_units(model))),
+                "int8 ort-dynamic": QuantPolicy("ort-dynamic", tuple(model_units(model)))}
+    lowered = {name: lower(model, "onnxruntime", p, calibration, shape) for name, p in policies.items()}
+    timing = ratio_summary(interleaved_latency({n: d.runner(threads=1) for n, d in lowered.items()},
+                                               example_input(shape), rounds=rounds, per_round=10), "fp32")
+    size = {n: len(d.deployed_bytes()) for n, d in lowered.items()}
+    params = sum(p.numel() for p in model.parameters())
+    md = [f"### The same backends on the largest subnet of `{space.name}` ({params / 1e6:.1f} M parameters, "
+          "untrained: latency and size only)", "", "| model | size | size ratio | latency b=1 | ratio |",
+          "| --- | --- | --- | --- | --- |"]
+    for n in lowered:
+        md.append(f"| {n} | {size[n] / 1e6:.2f} MB | {size[n] / size['fp32']:.2f}x | {timing[n]['median_ms']:.2f} ms | "
+                  f"{timing[n]['ratio_vs_fp32']:.2f}x |")
+    return {"space": space.name, "params": params, "size_bytes": size, "timing": timing, "markdown": "\n".join(md)}
 
 
 if __name__ == "__main__":

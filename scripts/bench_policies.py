@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 
-import torch
 from benchlib import environment, interleaved_latency, ratio_summary, trained_context, write_results
 
 from compress.deploy import lower

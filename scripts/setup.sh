@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${EXTRAS:-test}
+EXTRAS=${EXTRAS:-test,postgres}
 VENV=.venv
 STAMP=$VENV/.compress-setup
 

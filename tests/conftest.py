@@ -85,3 +85,11 @@ def tiny_run(tmp_path, trained_tiny):
         return tiny_recipe(tmp_path, run_dir=run_dir, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server on loopback (skips where it cannot start, fails in CI)."""
+    from tests.postgres import start_postgres
+
+    yield from start_postgres()

@@ -204,7 +204,7 @@ def test_mosaic_sizes_and_resize():
     default = load_dataset("digits-mosaic", size=300)
     assert default.train.images.shape[1:] == (1, 30, 30)  # 3x3 cells of 10 pixels
     assert load_dataset("digits-mosaic", size=300, grid=2).train.images.shape[1:] == (1, 32, 32)
-    with pytest.raises(DataError, match="data.grid must be 2, 3 or 4"):
+    with pytest.raises(DataError, match="data.grid must be 2 or 3"):
         load_dataset("digits-mosaic", size=300, grid=5)
 
 

@@ -1,7 +1,6 @@
 """Lowering to the target runtime: BN folding, INT8 with ONNX Runtime and bitsandbytes, and the rebuild
 of the PyTorch model from the exact tensors an artifact stores."""
 
-import random
 
 import numpy as np
 import pytest

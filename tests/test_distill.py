@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

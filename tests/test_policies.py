@@ -8,13 +8,12 @@ import sys
 import pytest
 import torch
 
-from compress.nn import HybridNet, build_model, merge_tokens
+from compress.nn import build_model, merge_tokens
 from compress.nn.blocks import TransformerBlock
 from compress.policies import DistillPolicy, MergePolicy, Policies, PrunePolicy, QuantPolicy
 from compress.policies.distill import distill_loss, logit_kd_loss, similarity_loss
 from compress.policies.prune import prune
 from compress.policies.tome import apply_merge, merge_skip_reason
-from compress.space import Arch
 from compress.supernet import extract_subnet
 
 # ---------------------------------------------------------------------------------------------- ToMe

@@ -213,3 +213,29 @@ def test_search_with_every_policy_records_choices_and_skips(tiny_run):
     assert rows and {int(r["trial"]) for r in rows} == set(front)
     for row in rows:
         assert row["policies"] == front[int(row["trial"])].user_attrs["policies"] != ""
+
+
+@pytest.mark.slow
+def test_recovery_distillation_from_a_user_teacher(tiny_run, tmp_path):
+    from safetensors.torch import save_file
+
+    from compress.errors import CompressError
+    from tests.fixtures import user_teacher
+
+    good, bad = tmp_path / "teacher.safetensors", tmp_path / "seven.safetensors"
+    save_file(user_teacher.linear_teacher().state_dict(), good)
+    save_file(user_teacher.seven_class_teacher().state_dict(), bad)
+    policies = {"quantize": {"enabled": False},
+                "distill": {"enabled": True, "steps": [4], "batch_size": 16,
+                            "teacher": "tests.fixtures.user_teacher:linear_teacher", "teacher_weights": str(good)}}
+    recipe = tiny_run(search={"n_trials": 4, "sampler": {"name": "random", "seed": 1}, "policies": policies})
+    loaded = load_recipe(recipe)
+    study = run_search(loaded, loaded.run_dir(), log=quiet)
+    done = completed(study)
+    assert len(done) == 4 and any(t.user_attrs["spec"]["policies"]["distill"]["steps"] == 4 for t in done)
+
+    policies["distill"].update(teacher="tests.fixtures.user_teacher:seven_class_teacher", teacher_weights=str(bad))
+    recipe = tiny_run(search={"n_trials": 4, "sampler": {"name": "random"}, "study_name": "other",
+                              "policies": policies})
+    with pytest.raises(CompressError, match="outputs \\[7\\] values per image, the data has 4 classes"):
+        run_search(load_recipe(recipe), loaded.run_dir(), log=quiet)

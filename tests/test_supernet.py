@@ -1,6 +1,5 @@
 """Weight sharing and extraction: standalone subnets equal the supernet and export to torch.export / ONNX."""
 
-import io
 import itertools
 import random
 

@@ -9,28 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from compress.supernet.checkpoint import load_supernet
+from tests.conftest import tiny_recipe
 
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def write_recipe(tmp_path: Path, epochs: int = 6, **extra) -> Path:
-    recipe = {
-        "version": 1,
-        "name": "tiny",
-        "seed": 0,
-        "space": str(FIXTURES / "tiny_space.yaml"),
-        "data": {"source": "synthetic", "image_size": 16, "channels": 3, "size": 600, "num_classes": 4},
-        "supernet": {"epochs": epochs, "batch_size": 32, "lr": 0.005, "random_subnets": 1,
-                     "bn_calibration_batches": 2, "checkpoint_every": 1},
-        "run_dir": str(tmp_path / "run"),
-        **extra,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+def write_recipe(tmp_path: Path, epochs: int = 6) -> Path:
+    return tiny_recipe(tmp_path, data={"size": 600}, supernet={"epochs": epochs, "checkpoint_every": 1})
 
 
 def run_cli(*args, check=True, **kwargs):

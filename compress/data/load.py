@@ -90,8 +90,8 @@ def load_dataset(
         size=size,
         num_classes=num_classes,
     )
-    if grid not in (2, 3, 4):
-        raise DataError(f"data.grid must be 2, 3 or 4 (cells per mosaic side), got {grid!r}")
+    if grid not in (2, 3):
+        raise DataError(f"data.grid must be 2 or 3 (cells per mosaic side), got {grid!r}")
     fractions = {"val_fraction": float(val_fraction), "test_fraction": float(test_fraction)}
     data: SourceData
     if source == "digits":

@@ -191,12 +191,13 @@ def load(path: str | Path, runtime: str = "torch", device: str = "cpu", threads:
     raise ValueError(f"runtime must be 'torch' or 'onnxruntime', got {runtime!r}")
 
 
-def deployed_runner(path: Path, threads: int = 1, device: str | None = None):
-    """A runner on the artifact's own runtime: what ``compress evaluate`` measures."""
+def deployed_runner(path: Path, threads: int | None = None, device: str | None = None):
+    """A runner on the artifact's own runtime (thread count and device from its target unless given)."""
     from compress.measure.runtime import OrtRunner, TorchRunner
 
     config = read_config(path)
     device = device or config.target.get("device", "cpu")
+    threads = threads or int(config.target.get("threads", 1))
     if config.runtime == "onnxruntime":
         return OrtRunner(verify_artifact(path, config)[ONNX], threads=threads, device=device), config
     return TorchRunner(load_torch_model(path, config, device=device), threads=threads, device=device), config

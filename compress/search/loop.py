@@ -51,16 +51,41 @@ def load_context(loaded: LoadedRecipe, checkpoint: SupernetCheckpoint) -> BuildC
                               f"{meta['in_channels']} channels, the recipe's data has {data.num_classes} x "
                               f"{data.in_channels}")
     recipe = loaded.recipe
+    distill = recipe.search.policies.distill
+    teacher_factory = None
+    if distill.enabled and distill.teacher != "largest":
+        from compress.train.teacher import check_teacher_outputs, load_teacher
+
+        # Loaded now, not at the first distilling trial, so a missing or mismatched teacher stops the search
+        # before it starts.
+        teacher, _ = load_teacher(loaded.resolve(distill.teacher), weights=loaded.resolve(distill.teacher_weights))
+        check_teacher_outputs(teacher, data.train.images[:2].float() / 255, data.num_classes)
+        teacher_factory = lambda: teacher  # noqa: E731
     return BuildContext.create(
         checkpoint.supernet, data, recipe.target, seed=recipe.seed,
         bn_batches=recipe.supernet.bn_calibration_batches,
         calibration_batches_n=recipe.search.policies.quantize.calibration_batches,
         eval_batch_size=recipe.search.eval_batch_size,
+        augment=recipe.data.augment,
+        teacher_factory=teacher_factory,
     )
 
 
 def resolve_storage(loaded: LoadedRecipe, run_dir: Path, storage: str | None) -> str:
     return storage or loaded.recipe.search.storage or default_storage_url(run_dir)
+
+
+MAX_FAILURES_IN_A_ROW = 10
+
+
+def _open(loaded: LoadedRecipe, url: str, study_name: str | None, supernet_key: str) -> optuna.Study:
+    """The study, created (with its baselines queued) or loaded and checked for compatibility."""
+    cfg = loaded.recipe.search
+    study, created = open_study(loaded, make_storage(url, heartbeat_s=cfg.heartbeat_s, retry=cfg.retry_failed),
+                                study_name or cfg.study_name or loaded.recipe.name, supernet_key)
+    if created:
+        _enqueue_baselines(study, loaded)  # only the creator: workers started together must not queue them twice
+    return study
 
 
 def preflight(loaded: LoadedRecipe, run_dir: Path, storage: str | None, study_name: str | None) -> None:
@@ -69,9 +94,7 @@ def preflight(loaded: LoadedRecipe, run_dir: Path, storage: str | None, study_na
     url = resolve_storage(loaded, run_dir, storage)
     if url.startswith("sqlite:///"):
         ensure_writable_dir(run_dir)
-    cfg = loaded.recipe.search
-    open_study(loaded, make_storage(url, heartbeat_s=cfg.heartbeat_s, retry=cfg.retry_failed),
-               study_name or cfg.study_name or loaded.recipe.name, loaded.supernet_key())
+    _open(loaded, url, study_name, loaded.supernet_key())
 
 
 def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = None, study_name: str | None = None,
@@ -79,12 +102,9 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
     recipe, cfg = loaded.recipe, loaded.recipe.search
     ensure_writable_dir(run_dir)
     checkpoint = load_supernet(supernet_path or supernet_dir(run_dir))
-    url = resolve_storage(loaded, run_dir, storage)
-    study_name = study_name or cfg.study_name or recipe.name
-    study = open_study(loaded, make_storage(url, heartbeat_s=cfg.heartbeat_s, retry=cfg.retry_failed), study_name,
-                       checkpoint.meta["supernet_key"])
+    study = _open(loaded, resolve_storage(loaded, run_dir, storage), study_name, checkpoint.meta["supernet_key"])
     context = load_context(loaded, checkpoint)
-    _enqueue_baselines(study, loaded)
+    me = worker_id()
 
     objectives = [o.metric for o in cfg.objectives]
     n_trials = cfg.n_trials or math.inf
@@ -97,7 +117,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
         if len(ahead) >= n_trials:
             trial.set_user_attr("prune_reason", "surplus: the study already had enough trials")
             raise optuna.TrialPruned("surplus")
-        trial.set_user_attr(WORKER_ATTR, worker_id())
+        trial.set_user_attr(WORKER_ATTR, me)
         spec = suggest_spec(trial, loaded.space, recipe)
         trial.set_user_attr("spec", spec.to_dict())
         trial.set_user_attr("arch", spec.arch.describe())
@@ -125,6 +145,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
     total = n_trials if n_trials != math.inf else None
     bar = tqdm(total=total, desc="search", unit="trial", disable=not interactive, file=sys.stderr, dynamic_ncols=True)
     reported: set[int] = set()
+    failures_in_a_row = 0
     while True:
         fail_dead_local_trials(study, cfg.retry_failed, log=log)
         optuna.storages.fail_stale_trials(study)
@@ -140,11 +161,19 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if trial.number in reported or trial.user_attrs.get(WORKER_ATTR, {}).get("pid") != worker_id()["pid"]:
+            if trial.number in reported or trial.user_attrs.get(WORKER_ATTR, {}).get("pid") != me["pid"]:
                 continue
             reported.add(trial.number)
+            failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
             if not interactive or trial.state == TrialState.FAIL:
                 log(_trial_line(trial, time.time() - started))
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                bar.close()
+                write_outputs(study, run_dir, loaded)
+                raise CompressError(
+                    f"{failures_in_a_row} trials in a row failed in this worker; the last one: "
+                    f"{trial.user_attrs.get('fail_reason', 'unknown reason')}. The study and its completed "
+                    f"trials are intact; see {run_dir / 'trials.csv'}.")
     bar.close()
     if not sys.stderr.isatty():
         log(f"search: {count_states(study)[TrialState.COMPLETE]} completed trials in study {study.study_name!r} "
@@ -167,11 +196,9 @@ def _enqueue_baselines(study: optuna.Study, loaded: LoadedRecipe) -> None:
     """Queue the baselines as the study's first trials: measured in the same run, by the same code."""
     if not loaded.recipe.export.baselines:
         return
-    existing = {t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False)}
     for name, spec in baseline_specs(loaded.space, loaded.recipe).items():
-        if name not in existing:
-            study.enqueue_trial(params_of(spec, loaded.space, loaded.recipe), user_attrs={BASELINE_ATTR: name},
-                                skip_if_exists=False)
+        study.enqueue_trial(params_of(spec, loaded.space, loaded.recipe), user_attrs={BASELINE_ATTR: name},
+                            skip_if_exists=False)
 
 
 def require_trials(study: optuna.Study) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from compress.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
-from compress.recipe import METRICS
 
 BASELINE_ATTR = "compress.baseline"
 METRIC_COLUMNS = ("accuracy", "latency_ms", "latency_p90_ms", "size_mb", "params", "macs")
@@ -42,6 +40,10 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     row["arch"] = trial.user_attrs.get("arch", "")
     row["notes"] = "; ".join(f"{k}: {v}" for k, v in trial.user_attrs.get("notes", {}).items())
     row["fail_reason"] = trial.user_attrs.get("fail_reason", trial.user_attrs.get("prune_reason", ""))
+    if trial.state == TrialState.FAIL and not row["fail_reason"]:
+        # Failed by Optuna's heartbeat check: the worker stopped (or lost the storage) mid-trial.
+        worker = trial.user_attrs.get("compress.worker", {})
+        row["fail_reason"] = f"no heartbeat from worker {worker.get('host', '?')}:{worker.get('pid', '?')}"
     return row
 
 

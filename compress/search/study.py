@@ -7,6 +7,7 @@ Storage URLs: ``sqlite:///path`` (the default, ``<run dir>/study.db``; one worke
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -66,7 +67,7 @@ def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
                            "for PostgreSQL: pip install 'compress[postgres]'") from None
     except Exception as exc:  # sqlalchemy's OperationalError / ArgumentError and friends
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"storage {_redact(url)!r} cannot be reached: {first_line}") from None
+        raise StorageError(f"storage {_redact(url)!r} cannot be opened: {first_line}") from None
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -87,9 +88,11 @@ def _redact(url: str) -> str:
     return url
 
 
-def make_sampler(loaded: LoadedRecipe) -> optuna.samplers.BaseSampler:
+def make_sampler(loaded: LoadedRecipe, worker_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The recipe's sampler. ``worker_offset`` shifts its seed: workers that share a study must not share a
+    seed, or they draw the same configurations (measured: 3 workers, 9 trials, 3 duplicates)."""
     cfg = loaded.recipe.search.sampler
-    seed = cfg.seed if cfg.seed is not None else loaded.recipe.seed
+    seed = (cfg.seed if cfg.seed is not None else loaded.recipe.seed) + worker_offset
     if cfg.name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=cfg.population_size, seed=seed)
     if cfg.name == "tpe":
@@ -105,23 +108,37 @@ def make_sampler(loaded: LoadedRecipe) -> optuna.samplers.BaseSampler:
     raise AssertionError(cfg.name)
 
 
-def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str) -> optuna.Study:
-    """Create or load the study; refuse one that exists with other objectives or another supernet."""
+def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str) -> tuple[optuna.Study, bool]:
+    """Create or load the study; refuse one that exists with other objectives or another supernet.
+
+    Returns the study and whether this call created it. Creation is atomic in every storage (the study name
+    is unique), so of many workers started together exactly one learns it is the creator.
+    """
     objectives = [(o.metric, o.resolved_direction) for o in loaded.recipe.search.objectives]
+    directions = [d for _, d in objectives]
+    created = True
     try:
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            sampler=make_sampler(loaded),
-            directions=[d for _, d in objectives],
-            load_if_exists=True,
-        )
-    except ValueError as exc:
-        # Optuna raises ValueError when directions differ from the stored study's.
-        raise StorageError(f"study {study_name!r} exists in this storage with other objectives: {exc}. "
-                           "Use another --study name.") from None
-    stored = study.user_attrs.get(STUDY_ATTR_OBJECTIVES)
+        # The creator samples with the recipe's seed, so a single-worker search is reproducible.
+        study = optuna.create_study(storage=storage, study_name=study_name, sampler=make_sampler(loaded),
+                                    directions=directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+        me = worker_id()
+        offset = int(hashlib.sha256(f"{me['host']}:{me['pid']}:{me['start']}".encode()).hexdigest(), 16) % 2**31
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=make_sampler(loaded, offset))
+        stored = [d.name.lower() for d in study.directions]
+        if stored != directions:
+            raise StorageError(f"study {study_name!r} exists in this storage with {len(stored)} objective directions "
+                               f"{stored}, this recipe asks for {directions}; its trials are left untouched. "
+                               "Use another --study name.") from None
     wanted = [list(o) for o in objectives]
+    if created:
+        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
+        study.set_user_attr(STUDY_ATTR_SUPERNET, supernet_key)
+        study.set_user_attr(STUDY_ATTR_RECIPE, loaded.recipe_hash())
+        study.set_metric_names([m for m, _ in objectives])
+        return study, True
+    stored = _wait_for_attr(study, STUDY_ATTR_OBJECTIVES)
     if stored is not None and stored != wanted:
         raise StorageError(
             f"study {study_name!r} exists with objectives {stored}, this recipe asks for {wanted}; its trials "
@@ -133,12 +150,17 @@ def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str
             f"study {study_name!r} was searched on another supernet (key {stored_key}, this one {supernet_key}); "
             "its trials are not comparable. Use another --study name."
         )
-    if stored is None:
-        study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
-        study.set_user_attr(STUDY_ATTR_SUPERNET, supernet_key)
-        study.set_user_attr(STUDY_ATTR_RECIPE, loaded.recipe_hash())
-        study.set_metric_names([m for m, _ in objectives])
-    return study
+    return study, False
+
+
+def _wait_for_attr(study: optuna.Study, key: str, seconds: float = 10.0):
+    """A study created a moment ago by another worker may not have its attributes yet."""
+    import time
+
+    deadline = time.time() + seconds
+    while key not in study.user_attrs and time.time() < deadline:
+        time.sleep(0.2)
+    return study.user_attrs.get(key)
 
 
 def load_existing_study(storage, study_name: str | None) -> optuna.Study:
@@ -158,8 +180,14 @@ def load_existing_study(storage, study_name: str | None) -> optuna.Study:
 WORKER_ATTR = "compress.worker"
 
 
+def host_name() -> str:
+    """The machine name a worker records on its trials. COMPRESS_WORKER_HOST overrides it, for containers that
+    share a host name but not a process table (and for tests of the cross-machine path)."""
+    return os.environ.get("COMPRESS_WORKER_HOST") or socket.gethostname()
+
+
 def worker_id() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+    return {"host": host_name(), "pid": os.getpid(), "start": _process_start(os.getpid())}
 
 
 def _process_start(pid: int) -> str | None:
@@ -187,7 +215,7 @@ def fail_dead_local_trials(study: optuna.Study, retry: int, log=print) -> int:
     Heartbeats find dead workers on any machine, but only after the grace period; a worker on this host can
     be checked at once, so a search killed and started again resumes without waiting.
     """
-    host = socket.gethostname()
+    host = host_name()
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(WORKER_ATTR)
@@ -212,8 +240,10 @@ def _retries(trial) -> int:
 
 
 def _requeue(study: optuna.Study, trial) -> None:
-    study.enqueue_trial(trial.params, user_attrs={"compress.retry_of": trial.number, RETRY_ATTR: _retries(trial) + 1},
-                        skip_if_exists=False)
+    attrs = {"compress.retry_of": trial.number, RETRY_ATTR: _retries(trial) + 1}
+    if "compress.baseline" in trial.user_attrs:  # a retried baseline is still that baseline
+        attrs["compress.baseline"] = trial.user_attrs["compress.baseline"]
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:

@@ -10,7 +10,6 @@ State is saved with ``save_state`` every ``checkpoint_every`` steps; a run start
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import shutil
 import sys
@@ -23,14 +22,12 @@ from tqdm.auto import tqdm
 
 from compress.data import ImageDataset, augment_batch, calibration_batches
 from compress.errors import CompressError
-from compress.fsutil import ensure_writable_dir, recover_dir, replace_dir, write_json_atomic
+from compress.fsutil import ensure_writable_dir, recover_dir
 from compress.policies import DistillPolicy, Policies
 from compress.policies.distill import distill_loss
 from compress.recipe import LoadedRecipe, TargetConfig
+from compress.train.state import read_progress, save_training_state
 from compress.train.teacher import check_teacher_outputs, load_teacher
-
-PROGRESS = "progress.json"
-
 
 class WithFeatures(nn.Module):
     """Logits and pooled features from one forward, so DDP sees a single call."""
@@ -121,8 +118,8 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     state_dir = out_dir.with_name(out_dir.name + ".state")
     recover_dir(state_dir)
     step, epoch, batch_in_epoch, resumed_from = 0, 0, 0, 0
-    if (state_dir / PROGRESS).is_file():
-        progress = json.loads((state_dir / PROGRESS).read_text())
+    progress = read_progress(state_dir)
+    if progress is not None:
         if progress.get("student") != str(Path(student_path).resolve()) or progress.get("processes") != accelerator.num_processes:
             raise CompressError(f"{state_dir} holds a run of another student or process count; it is left intact. "
                                 "Use another --out or remove it.")
@@ -178,7 +175,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
                     log(f"step {step}/{cfg.steps} loss {loss.item():.4f} val accuracy {last_eval:.4f} "
                         f"({time.time() - started:.0f}s)")
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                _save_state(accelerator, state_dir, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                save_training_state(accelerator, state_dir, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                                                      "student": str(Path(student_path).resolve()),
                                                      "processes": accelerator.num_processes})
             if step >= cfg.steps:
@@ -249,15 +246,3 @@ def _evaluate(accelerator, model, val_loader) -> float:
 def _optimizer_steps(optimizer) -> int:
     state = optimizer.state_dict()["state"]
     return int(max((float(s["step"]) for s in state.values() if "step" in s), default=0))
-
-
-def _save_state(accelerator, state_dir: Path, progress: dict) -> None:
-    staging = state_dir.with_name(state_dir.name + ".tmp")
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    if accelerator.is_main_process:
-        write_json_atomic(staging / PROGRESS, progress)
-        replace_dir(staging, state_dir)
-    accelerator.wait_for_everyone()

@@ -25,16 +25,14 @@ from tqdm.auto import tqdm
 
 from compress.data import DatasetSplits, augment_batch, calibration_batches, make_loader
 from compress.errors import CompressError
-from compress.fsutil import ensure_writable_dir, replace_dir, recover_dir, write_json_atomic
+from compress.fsutil import ensure_writable_dir, recover_dir
 from compress.measure.accuracy import accuracy
 from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
 from compress.supernet.checkpoint import META, load_supernet, save_supernet
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
-
-PROGRESS = "progress.json"
-
+from compress.train.state import read_progress, save_training_state
 
 def supernet_dir(run_dir: Path) -> Path:
     return run_dir / "supernet"
@@ -114,9 +112,8 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
     model, optimizer, scheduler = accelerator.prepare(supernet, optimizer, scheduler)
 
     start_epoch = 0
-    progress_file = state_dir / PROGRESS
-    if progress_file.is_file():
-        progress = json.loads(progress_file.read_text())
+    progress = read_progress(state_dir)
+    if progress is not None:
         if progress.get("supernet_key") != key:
             raise CompressError(
                 f"{state_dir} holds a partial training run of a different recipe; it is left intact. "
@@ -175,7 +172,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
             log(f"epoch {epoch + 1}/{cfg.epochs} loss {epoch_loss / max(seen, 1):.4f} "
                 f"({time.time() - started:.0f}s)")
         if (epoch + 1) % cfg.checkpoint_every == 0 and epoch + 1 < cfg.epochs:
-            _save_state(accelerator, state_dir, key, epoch + 1)
+            save_training_state(accelerator, state_dir, {"supernet_key": key, "epochs_done": epoch + 1})
     bar.close()
     train_seconds = time.time() - started
 
@@ -204,18 +201,6 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
             + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     accelerator.wait_for_everyone()
     return final_dir
-
-
-def _save_state(accelerator, state_dir: Path, key: str, epochs_done: int) -> None:
-    staging = state_dir.with_name(state_dir.name + ".tmp")
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    if accelerator.is_main_process:
-        write_json_atomic(staging / PROGRESS, {"supernet_key": key, "epochs_done": epochs_done})
-        replace_dir(staging, state_dir)
-    accelerator.wait_for_everyone()
 
 
 def measure_extremes(supernet: HybridSupernet, data: DatasetSplits, bn_batches: int, seed: int = 0) -> dict[str, float]:

@@ -1,0 +1,102 @@
+"""Distillation runs: the distilled student against the same student fine-tuned without a teacher, and the
+throughput of the loop with 1 and 2 processes on this machine. Everything goes through the real command line
+(`compress distill`, `accelerate launch`).
+
+The student is the smallest subnet of the recipe's space with half its width pruned and INT8 (ort-static)
+everywhere, exported as an artifact; both runs re-quantize it at the end with that policy.
+
+    python scripts/bench_distill.py [--recipe recipes/mosaic.yaml] [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+from benchlib import ROOT, environment, trained_context, write_results
+
+from compress.export.artifact import write_artifact
+from compress.policies import Policies, PrunePolicy, QuantPolicy
+from compress.search.candidate import CandidateSpec, build_candidate, measure_candidate
+from compress.search.suggest import space_units
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distill(recipe: str, student, out, steps: int, *extra, processes: int = 1) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    args = ["-m", "compress", "distill", recipe, "--student", str(student), "--out", str(out), "--steps", str(steps),
+            "--eval-every", str(steps), "--checkpoint-every", str(10 * steps), *extra]
+    if processes > 1:
+        args = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port()), *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(max(1, 2 // processes)))
+    subprocess.run([sys.executable, *args], check=True, env=env, cwd=ROOT)
+    return json.loads((out / "config.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/mosaic.yaml")
+    parser.add_argument("--run-dir")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--throughput-steps", type=int, default=60)
+    args = parser.parse_args()
+    loaded, checkpoint, context = trained_context(args.recipe, args.run_dir)
+    space = loaded.space
+    bench = ROOT / "runs" / f"bench-distill-{loaded.name}"
+    bench.mkdir(parents=True, exist_ok=True)
+    spec = CandidateSpec(space.smallest(), Policies(
+        prune=PrunePolicy(tuple(0.5 for _ in space.stages), "magnitude"),
+        quant=QuantPolicy("ort-static", tuple(space_units(space)))), seed=loaded.recipe.seed)
+    candidate = build_candidate(context, spec)
+    student = write_artifact(bench / "student", candidate, measure_candidate(candidate, context), data=context.data,
+                             target=context.target, provenance={"space": space.name,
+                                                                "space_fingerprint": space.fingerprint()})
+    parent = json.loads((student / "config.json").read_text())["metrics"]["accuracy"]
+    distilled = distill(args.recipe, student, bench / "distilled", args.steps, "--weight", "0.9")
+    labels_only = distill(args.recipe, student, bench / "labels-only", args.steps, "--weight", "0")
+    throughput = {}
+    for processes in (1, 2):
+        cfg = distill(args.recipe, student, bench / f"throughput-{processes}", args.throughput_steps,
+                      processes=processes)
+        d = cfg["provenance"]["distillation"]
+        throughput[processes] = {"samples": sum(d["samples_per_rank"]), "seconds": d["seconds_this_session"],
+                                 "samples_per_second": sum(d["samples_per_rank"]) / d["seconds_this_session"],
+                                 "samples_per_rank": d["samples_per_rank"]}
+
+    acc = {"student before": parent, "distilled (teacher: largest subnet)": distilled["metrics"]["accuracy"],
+           "fine-tuned on labels only": labels_only["metrics"]["accuracy"]}
+    test = {"distilled (teacher: largest subnet)": distilled["metrics"]["test_accuracy"],
+            "fine-tuned on labels only": labels_only["metrics"]["test_accuracy"]}
+    md = [f"## Distillation runs on `{loaded.name}`: student = smallest subnet, pruned 0.5, INT8", "",
+          "| student | val acc after re-quantization | test acc |", "| --- | --- | --- |"]
+    for name, a in acc.items():
+        md.append(f"| {name} | {100 * a:.2f}% | {100 * test[name]:.2f}% |" if name in test else
+                  f"| {name} | {100 * a:.2f}% | |")
+    d = distilled["provenance"]["distillation"]
+    md += ["", f"{args.steps} steps, batch {d['batch_size']}, AdamW lr {d['lr']:g}, T = {d['temperature']:g}; "
+           "labels only = the same run with distillation weight 0 (same data order, optimizer and seed).", "",
+           "| processes | samples | seconds | samples / s |", "| --- | --- | --- | --- |"]
+    for p, t in throughput.items():
+        md.append(f"| {p} | {t['samples']} | {t['seconds']:.1f} | {t['samples_per_second']:.0f} |")
+    md += ["", f"Throughput: {args.throughput_steps} steps of the same student on this 2-core machine "
+           "(2 processes: `accelerate launch --multi_gpu --num_processes 2`, gloo, one thread each); seconds "
+           "count the whole loop of one session, evaluation included.", ""]
+    write_results("distill", {"recipe": args.recipe, "accuracy": acc, "test_accuracy": test,
+                              "throughput": throughput, "environment": environment()}, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
