@@ -127,14 +127,9 @@ def rebuild_model(model_config: dict, quantization: dict, tensors: dict[str, tor
             new = to_int8_module(module, q, scale, zp)
             if module.bias is not None:
                 new.bias = nn.Parameter(own["bias"])
-        _replace(model, path, new)
+        model.set_submodule(path, new)
     load_into(model, tensors, "model.safetensors", skip_prefixes=rebuilt)
     return model.to(device).eval()
-
-
-def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent_path) if parent_path else root, name, new)
 
 
 @torch.no_grad()
@@ -160,5 +155,5 @@ def float_model(model: nn.Module) -> nn.Module:
             continue
         if module.bias is not None:
             new.bias.copy_(module.bias.float())
-        _replace(model, path, new)
+        model.set_submodule(path, new)
     return model

@@ -18,7 +18,7 @@ RUN_INFO, RECIPE_COPY = "run.json", "recipe.yaml"
 
 
 def save_run_info(run_dir: Path, loaded: LoadedRecipe, storage: str, study: str) -> None:
-    from compress.search.study import _redact
+    from compress.search.study import redact_url
 
     snapshot = loaded.recipe.model_dump(mode="json")
     snapshot["space"] = str(loaded.space_path.resolve())
@@ -27,7 +27,7 @@ def save_run_info(run_dir: Path, loaded: LoadedRecipe, storage: str, study: str)
     snapshot["run_dir"] = str(run_dir.resolve())
     write_text_atomic(run_dir / RECIPE_COPY, "# resolved copy of " + str(loaded.path) + "\n"
                       + yaml.safe_dump(snapshot, sort_keys=False))
-    write_json_atomic(run_dir / RUN_INFO, {"recipe": str(loaded.path.resolve()), "storage": _redact(storage),
+    write_json_atomic(run_dir / RUN_INFO, {"recipe": str(loaded.path.resolve()), "storage": redact_url(storage),
                                            "study": study, "recipe_hash": loaded.recipe_hash()})
 
 

@@ -24,7 +24,7 @@ def _family_combos(space):
         stages = []
         for spec, stage, block in zip(space.stages, arch.stages, blocks):
             if stage.block != block:
-                stage = space._stage(spec, block, stage.depth, stage.width, rng.choice)
+                stage = space.make_stage(spec, block, stage.depth, stage.width, rng.choice)
             stages.append(stage)
         archs.append(Arch(arch.stem_width, tuple(stages)))
     return archs

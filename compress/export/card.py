@@ -44,14 +44,16 @@ def model_card(config: dict[str, Any], name: str) -> str:
     lines += [
         f"| latency, median | {_fmt(m['latency_ms'], 3)} ms |",
         f"| latency, p90 | {_fmt(m['latency_p90_ms'], 3)} ms |",
-        f"| latency run-to-run spread | {100 * lat.get('spread', 0):.1f} % |",
+        f"| latency run-to-run spread | {100 * lat.get('ratio_spread', lat.get('spread', 0)):.1f} % |",
         f"| deployed file size | {_fmt(m['size_mb'], 3)} MB |",
         f"| parameters | {_fmt(m['params'])} |",
         f"| MACs per image | {_fmt(m['macs'])} |",
         "",
         f"Latency: {target.get('runtime')} on {target.get('device')}, batch {target.get('batch_size')}, "
         f"{target.get('threads')} thread(s), {target.get('warmup')} warm-up runs then {lat.get('repeats')} timed runs "
-        f"in {len(lat.get('round_medians_ms', []))} rounds; measured on {prov.get('machine', {}).get('processor', '?')}.",
+        f"in {len(lat.get('round_medians_ms', []))} rounds; measured on {prov.get('machine', {}).get('processor', '?')}."
+        + (f" Drift-corrected: timed in alternating rounds against the largest fp32 subnet, {lat['ratio']:.3f}x its "
+           f"latency (raw median of this measurement: {lat['median_ms']:.3f} ms)." if "ratio" in lat else ""),
         "",
         "## What it is",
         "",

@@ -15,7 +15,7 @@ from compress.provenance import machine, package_versions
 from compress.recipe import LoadedRecipe
 from compress.search.candidate import BuildContext, CandidateSpec, build_candidate, measure_candidate
 from compress.search.outputs import front
-from compress.search.study import _redact
+from compress.search.study import redact_url
 
 
 def select_trials(study: optuna.Study, trials: list[int] | None, pareto: bool) -> list[optuna.trial.FrozenTrial]:
@@ -52,7 +52,7 @@ def export_trials(loaded: LoadedRecipe, context: BuildContext, study: optuna.Stu
             "space": loaded.space.name,
             "space_fingerprint": loaded.space.fingerprint(),
             "study": study.study_name,
-            "storage": _redact(storage_url),
+            "storage": redact_url(storage_url),
             "trial": trial.number,
             "trial_metrics": {k: trial.user_attrs["metrics"][k] for k in ("accuracy", "latency_ms", "size_mb")},
             "data": loaded.data_record(),

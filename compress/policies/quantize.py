@@ -218,11 +218,6 @@ def quantize_torch(model: nn.Module, policy: QuantPolicy, device: str = "cpu") -
     units = set(policy.int8_units)
     for path, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and unit_of(path) in units and bnb_supports(module, policy.backend, device):
-            _set_module(model, path, to_bnb_linear(module, policy.backend, device))
+            model.set_submodule(path, to_bnb_linear(module, policy.backend, device))
     return model
 
-
-def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, name, new)

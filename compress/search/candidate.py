@@ -24,10 +24,17 @@ import torch
 from compress.data import DatasetSplits, Split, calibration_batches
 from compress.deploy import Deployable, lower
 from compress.measure.accuracy import accuracy
-from compress.measure.latency import Latency, example_input, measure_latency
+from compress.measure.latency import (
+    Latency,
+    Reference,
+    RelativeLatency,
+    example_input,
+    measure_latency,
+    measure_latency_against,
+)
 from compress.measure.macs import count_macs
 from compress.nn.net import HybridNet
-from compress.policies import Policies
+from compress.policies import Policies, QuantPolicy
 from compress.policies.prune import prune
 from compress.policies.tome import apply_merge, merge_skip_reason
 from compress.recipe import AugmentConfig, TargetConfig
@@ -65,7 +72,9 @@ class BuildContext:
     eval_batch_size: int = 256
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     teacher_factory: Callable[[], torch.nn.Module] | None = None
+    reference_ms: float | None = None  # the reference's anchored latency (from the study, or measured once)
     _teacher: torch.nn.Module | None = None
+    _reference: Reference | None = None
 
     @classmethod
     def create(cls, supernet: HybridSupernet, data: DatasetSplits, target: TargetConfig, *, seed: int,
@@ -96,6 +105,22 @@ class BuildContext:
                 p.requires_grad_(False)
         return self._teacher
 
+    def reference(self) -> Reference:
+        """The model candidates are timed against: the largest subnet in fp32 on the target runtime.
+
+        Its anchored latency is ``reference_ms`` if set (a search shares one value across workers and
+        sessions), else measured now, once, over many rounds.
+        """
+        if self._reference is None:
+            model = calibrated_subnet(self.supernet, self.supernet.space.largest(), self.bn_batches)
+            runner = lower(model, self.target.runtime, QuantPolicy(), [], self.input_shape,
+                           device=self.target.device).runner(threads=self.target.threads)
+            if self.reference_ms is None:
+                self.reference_ms = measure_latency(runner, example_input(self.input_shape), warmup=self.target.warmup,
+                                                    repeats=max(300, 3 * self.target.repeats), rounds=15).median_ms
+            self._reference = Reference(runner, self.reference_ms)
+        return self._reference
+
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (self.target.batch_size, self.data.in_channels, self.data.image_size, self.data.image_size)
@@ -117,7 +142,7 @@ class Metrics:
     size_mb: float
     params: int
     macs: int
-    latency: Latency
+    latency: Latency | RelativeLatency
 
     def objectives(self) -> dict[str, float]:
         """The values objectives and constraints may name (see ``compress.recipe.METRICS``)."""
@@ -162,17 +187,26 @@ def build_candidate(context: BuildContext, spec: CandidateSpec) -> Candidate:
 
 
 def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits, target: TargetConfig,
-            eval_batch_size: int = 256) -> Metrics:
-    """Accuracy on the val split, latency on the target, size of the deployed file (of any deployable)."""
+            eval_batch_size: int = 256, reference: Reference | None = None) -> Metrics:
+    """Accuracy on the val split, latency on the target, size of the deployed file (of any deployable).
+
+    With a ``reference``, latency is drift-corrected (see :mod:`compress.measure.latency`); without, raw.
+    """
     shape = deployable.input_shape
     # Accuracy does not depend on thread count; measure it with all cores, latency with the target's.
     acc = accuracy(deployable.runner(threads=max(1, torch.get_num_threads())), data.val, eval_batch_size)
-    latency = measure_latency(deployable.runner(threads=target.threads), example_input(shape),
-                              warmup=target.warmup, repeats=target.repeats)
+    runner, example = deployable.runner(threads=target.threads), example_input(shape)
+    if reference is None:
+        latency = measure_latency(runner, example, warmup=target.warmup, repeats=target.repeats)
+        median, p90 = latency.median_ms, latency.p90_ms
+    else:
+        latency = measure_latency_against(runner, reference, example, warmup=target.warmup, repeats=target.repeats)
+        scale = reference.latency_ms / latency.reference_median_ms  # the drift of this measurement, undone
+        median, p90 = latency.anchored_ms, latency.latency.p90_ms * scale
     return Metrics(
         accuracy=acc,
-        latency_ms=latency.median_ms,
-        latency_p90_ms=latency.p90_ms,
+        latency_ms=median,
+        latency_p90_ms=p90,
         size_mb=len(deployable.deployed_bytes()) / 1e6,
         params=sum(p.numel() for p in model.parameters()),
         macs=count_macs(model, example_input(shape)),
@@ -181,4 +215,5 @@ def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits,
 
 
 def measure_candidate(candidate: Candidate, context: BuildContext) -> Metrics:
-    return measure(candidate.model, candidate.deployable, context.data, context.target, context.eval_batch_size)
+    return measure(candidate.model, candidate.deployable, context.data, context.target, context.eval_batch_size,
+                   reference=context.reference())

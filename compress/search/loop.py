@@ -71,6 +71,19 @@ def load_context(loaded: LoadedRecipe, checkpoint: SupernetCheckpoint) -> BuildC
     )
 
 
+REFERENCE_ATTR = "compress.reference_latency_ms"
+
+
+def anchor_reference(context: BuildContext, study: optuna.Study) -> None:
+    """Share one reference latency across the study's workers, sessions and exports (the first one to need it
+    measures it and records it on the study)."""
+    stored = study.user_attrs.get(REFERENCE_ATTR)
+    if stored is not None:
+        context.reference_ms = float(stored)
+    else:
+        study.set_user_attr(REFERENCE_ATTR, context.reference().latency_ms)
+
+
 def resolve_storage(loaded: LoadedRecipe, run_dir: Path, storage: str | None) -> str:
     return storage or loaded.recipe.search.storage or default_storage_url(run_dir)
 
@@ -104,6 +117,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
     checkpoint = load_supernet(supernet_path or supernet_dir(run_dir))
     study = _open(loaded, resolve_storage(loaded, run_dir, storage), study_name, checkpoint.meta["supernet_key"])
     context = load_context(loaded, checkpoint)
+    anchor_reference(context, study)
     me = worker_id()
 
     objectives = [o.metric for o in cfg.objectives]

@@ -33,7 +33,9 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}
     for name in METRIC_COLUMNS:
         row[name] = metrics.get(name)
-    row["latency_spread"] = metrics.get("latency", {}).get("spread")
+    latency = metrics.get("latency", {})
+    row["latency_spread"] = latency.get("ratio_spread", latency.get("spread"))
+    row["latency_raw_ms"] = latency.get("median_ms")
     row["feasible"] = feasible(trial) if trial.state == TrialState.COMPLETE else None
     row["baseline"] = trial.user_attrs.get(BASELINE_ATTR, "")
     row["policies"] = trial.user_attrs.get("policies", "")

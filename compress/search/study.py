@@ -63,11 +63,11 @@ def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
             heartbeat_stale_trial_callback=callback,
         )
     except ImportError as exc:
-        raise StorageError(f"storage {_redact(url)!r} needs a database driver that is not installed ({exc}); "
+        raise StorageError(f"storage {redact_url(url)!r} needs a database driver that is not installed ({exc}); "
                            "for PostgreSQL: pip install 'compress[postgres]'") from None
     except Exception as exc:  # sqlalchemy's OperationalError / ArgumentError and friends
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"storage {_redact(url)!r} cannot be opened: {first_line}") from None
+        raise StorageError(f"storage {redact_url(url)!r} cannot be opened: {first_line}") from None
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -78,7 +78,7 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL without its password, for messages."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -221,6 +221,8 @@ def fail_dead_local_trials(study: optuna.Study, retry: int, log=print) -> int:
         worker = trial.user_attrs.get(WORKER_ATTR)
         if not worker or worker.get("host") != host or _alive(worker):
             continue
+        # Optuna has no public call to fail another process's RUNNING trial (fail_stale_trials needs a stale
+        # heartbeat), so this goes through the storage API that fail_stale_trials itself uses.
         # The reason first: a finished trial can no longer be updated.
         study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
                                            f"worker process {worker.get('pid')} died during the trial")

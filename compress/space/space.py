@@ -264,11 +264,12 @@ class SearchSpace(_Strict):
         stages = []
         for spec, block in zip(self.stages, blocks):
             d = pick(spec.depth)
-            stages.append(self._stage(spec, block, d, pick(spec.width), lambda opts: pick(opts)))
+            stages.append(self.make_stage(spec, block, d, pick(spec.width), pick))
         return Arch(stem_width=pick(self.stem.width), stages=tuple(stages))
 
     @staticmethod
-    def _stage(spec: StageSpec, block: str, depth: int, width: int, choose) -> StageArch:
+    def make_stage(spec: StageSpec, block: str, depth: int, width: int, choose) -> StageArch:
+        """A stage of family ``block``; ``choose`` picks each per-layer option from its list (max, min, random)."""
         if block == "conv":
             assert spec.conv is not None
             return StageArch(
@@ -292,7 +293,7 @@ class SearchSpace(_Strict):
         stages = []
         for spec in self.stages:
             block = rng.choice(spec.blocks)
-            stages.append(self._stage(spec, block, rng.choice(spec.depth), rng.choice(spec.width), rng.choice))
+            stages.append(self.make_stage(spec, block, rng.choice(spec.depth), rng.choice(spec.width), rng.choice))
         return Arch(stem_width=rng.choice(self.stem.width), stages=tuple(stages))
 
     def sample_smallest(self, rng: random.Random) -> Arch:
