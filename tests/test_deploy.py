@@ -96,6 +96,37 @@ def test_compact_names_keep_io_and_shrink(model):
     np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], folded(x).detach().numpy(), atol=1e-4)
 
 
+def test_compact_names_rename_subgraphs_that_read_the_outer_graph():
+    """An If branch reads a tensor of the enclosing graph by name: both must be renamed alike."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def branch(name, op):
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)
+        return helper.make_graph([helper.make_node(op, ["outer_value"], [f"{name}_out"], name=f"{name}_node")],
+                                 name, [], [out])
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["outer_value"], name="a_long_descriptive_name"),
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="sum"),
+        helper.make_node("Greater", ["total", "zero"], ["positive"], name="greater"),
+        helper.make_node("If", ["positive"], ["y"], then_branch=branch("then", "Identity"),
+                         else_branch=branch("else", "Neg"), name="choose"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+                              initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    proto = compact_names(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    onnx.checker.check_model(proto)
+    assert "outer_value" not in proto.SerializeToString().decode("latin-1")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for x in ([1.0, -2.0, 3.0], [-1.0, -2.0, 0.5]):
+        x = np.array(x, dtype=np.float32)
+        expected = np.maximum(x, 0) if x.sum() > 0 else -np.maximum(x, 0)
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], expected)
+
+
 @pytest.mark.parametrize("backend", ["bnb-int8", "bnb-nf4"])
 def test_bitsandbytes_lowering_round_trips(backend):
     from compress.nn import HybridNet

@@ -63,6 +63,44 @@ def test_bipartite_matching_equals_brute_force(n, r):
     assert torch.allclose(got_size.sum(1), size.sum(1))  # every input token is accounted for
 
 
+def test_merge_metric_is_the_keys_summed_over_heads():
+    block = TransformerBlock(dim=12, num_heads=3, head_dim=4, mlp_hidden=16, merge_r=2).eval()
+    x = torch.randn(2, 10, 12)
+    with torch.no_grad():
+        normed = block.norm1(x)
+        _, metric = block.attn(normed, with_metric=True)
+        keys = block.attn.qkv(normed).reshape(2, 10, 3, 3, 4)[:, :, 1]  # (B, N, heads, head_dim)
+    torch.testing.assert_close(metric, keys.sum(dim=2))
+
+
+def test_merging_tied_tokens_agrees_in_pytorch_and_onnx_runtime():
+    """Images with blank backgrounds give many identical tokens: every tie must fall the same way in the
+    exported model as in PyTorch (identical tokens merge to identical results whichever is picked)."""
+    import io
+
+    import onnxruntime as ort
+
+    class Merge(torch.nn.Module):
+        def forward(self, x, metric):
+            return merge_tokens(x, None, metric, 6)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 8, generator=g)
+    x[:, 4:12] = x[:, 4:5]  # eight identical "background" tokens
+    metric = x[..., :4].clone()
+    buffer = io.BytesIO()
+    torch.onnx.export(Merge(), (x, metric), buffer, dynamo=False, opset_version=17, input_names=["x", "metric"],
+                      dynamic_axes={"x": {0: "batch"}, "metric": {0: "batch"}})
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    got_x, got_size = session.run(None, {"x": x.numpy(), "metric": metric.numpy()})
+    want_x, want_size = merge_tokens(x, None, metric, 6)
+    ref_x, ref_size = reference_merge(x, torch.ones_like(x[..., :1]), metric, 6)
+    torch.testing.assert_close(torch.from_numpy(got_x), want_x, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(got_size), want_size)
+    torch.testing.assert_close(want_x, ref_x, atol=1e-6, rtol=1e-5)
+    assert want_size.max() > 1  # tokens really merged
+
+
 def _attn_last(tiny_space):
     rng = random.Random(0)
     while True:

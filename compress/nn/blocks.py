@@ -53,15 +53,25 @@ class Attention(nn.Module):
     def head_dim(self) -> int:
         return self.qkv.out_features // (3 * self.num_heads)
 
-    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, size: torch.Tensor | None = None,
+                with_metric: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention output and, ``with_metric``, the keys summed over heads (B, N, head_dim): token
+        merging's similarity metric."""
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        projected = self.qkv(x)
+        qkv = projected.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim); unbind (not indexing) lets torch-pruning see the split
         bias = None
         if size is not None:
             bias = size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N): a merged key counts `size` times
         out = attend(q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1)
-        return self.proj(out), k.mean(dim=1)
+        metric = None
+        if with_metric:
+            # Sum over heads as a product with stacked identities, on the keys before the head permute: a
+            # reduction over the head axis measured 3-4x slower in ONNX Runtime.
+            width = self.num_heads * self.head_dim
+            metric = projected[..., width:2 * width] @ torch.eye(self.head_dim, dtype=x.dtype).repeat(self.num_heads, 1)
+        return self.proj(out), metric
 
 
 class TransformerBlock(nn.Module):
@@ -78,7 +88,7 @@ class TransformerBlock(nn.Module):
         self.fc2 = nn.Linear(mlp_hidden, dim)
 
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, metric = self.attn(self.norm1(x), size)
+        attn_out, metric = self.attn(self.norm1(x), size, with_metric=self.merge_r > 0)
         x = x + attn_out
         if self.merge_r > 0:
             x, size = merge_tokens(x, size, metric, self.merge_r)

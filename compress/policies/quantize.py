@@ -175,11 +175,12 @@ def compact_names(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Shorten node and tensor names (graph inputs and outputs kept) and drop doc strings.
 
     The exporter and quantizer produce long, descriptive names that can take a third of a small INT8
-    model's file; they are debug information, not needed to run it.
+    model's file; they are debug information, not needed to run it. Subgraphs (``If``/``Loop`` bodies) are
+    renamed with the same mapping, since they may read tensors of the enclosing graph by name.
     """
-    graph = proto.graph
-    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    keep = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output}
     mapping: dict[str, str] = {}
+    node_count = 0
 
     def short(name: str) -> str:
         if not name or name in keep:
@@ -188,17 +189,26 @@ def compact_names(proto: onnx.ModelProto) -> onnx.ModelProto:
             mapping[name] = f"t{len(mapping):x}"
         return mapping[name]
 
-    for init in graph.initializer:
-        init.name = short(init.name)
-        init.doc_string = ""
-    for i, node in enumerate(graph.node):
-        node.name = f"n{i:x}"
-        node.doc_string = ""
-        node.input[:] = [short(n) for n in node.input]
-        node.output[:] = [short(n) for n in node.output]
-    for value in graph.value_info:
-        value.name = short(value.name)
-    del graph.value_info[:]
+    def rename(graph: onnx.GraphProto, top: bool) -> None:
+        nonlocal node_count
+        if not top:
+            for value in list(graph.input) + list(graph.output):
+                value.name = short(value.name)
+        for init in graph.initializer:
+            init.name = short(init.name)
+            init.doc_string = ""
+        for node in graph.node:
+            node.name = f"n{node_count:x}"
+            node_count += 1
+            node.doc_string = ""
+            node.input[:] = [short(n) for n in node.input]
+            node.output[:] = [short(n) for n in node.output]
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    rename(sub, top=False)
+        del graph.value_info[:]
+
+    rename(proto.graph, top=True)
     proto.doc_string = ""
     return proto
 
