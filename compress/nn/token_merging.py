@@ -9,7 +9,8 @@ Per attention layer, ``r`` tokens are merged away:
 3. each A token draws one edge to its most similar B token;
 4. the ``r`` strongest edges are kept, and each of those A tokens is merged into its B token by a
    size-weighted mean (the size of a token is how many input tokens it stands for);
-5. the remaining A tokens are kept unchanged (strongest edge first), followed by all B tokens.
+5. the remaining A tokens are kept unchanged (in order of their edges, strongest first), followed by all B
+   tokens.
 
 Sizes are carried along so that attention can be *proportional* (a merged token counts as ``size``
 keys: ``softmax(qk/sqrt(d) + log size)``) and so that pooling is a size-weighted mean.
@@ -18,8 +19,9 @@ Written for the runtime that is measured, ONNX Runtime, where a merge has to cos
 saves. The obvious formulation (strided slices, ``gather`` with expanded indices, ``scatter_add``) exports
 to ``Slice``/``Expand``/``GatherElements``/``ScatterElements`` and measured as much as the merge saved at 64
 tokens (r = 8 and 16 ran *slower* than no merge). Here rows are picked with plain ``Gather`` on the
-flattened batch, and the scatter-add is a one-hot assignment matrix times the moved tokens (a small MatMul):
-the same result (to float rounding), 25-35% less time per merge in ONNX Runtime.
+flattened batch, the scatter-add is a one-hot assignment matrix times the moved tokens (a small MatMul), and
+only B tokens and moved tokens are weighted by size (kept tokens are copied): the same result to float
+rounding, measured 19-39% less time per merge in ONNX Runtime (batch 1 to 16, 64 and 256 tokens).
 
 Ties are frequent (blank image regions give identical tokens) and decide the token sizes, so they are broken
 the same way in PyTorch and in the exported graph: the first maximum for each A token's edge (``torch.max``
@@ -55,17 +57,23 @@ def merge_tokens(
     merged_a, kept_a = order[:, :r], order[:, r:]  # indices into set A
     target_b = best_b.gather(1, merged_a)  # (B, r): where each merged A token goes
 
-    # Size-weighted mean: carry (x * size, size) together, sum what merges, divide at the end.
-    weighted = torch.cat([x, torch.ones_like(x[..., :1])] if size is None else [x * size, size], dim=-1)
-    rows = weighted.flatten(0, 1)  # (B * N, C + 1): gather rows with one index per token
+    # Size-weighted mean into the B tokens; kept A tokens are copied as they are. Rows are picked from the
+    # flattened batch (one index per token), and the scatter-add is a one-hot assignment product.
     first = (torch.arange(batch, device=x.device) * n_tokens).unsqueeze(1)  # row of each sample's token 0
-    kept = rows[2 * kept_a + first]  # A token i sits at position 2i
-    moved = rows[2 * merged_a + first]
+    rows = x.flatten(0, 1)
+    kept, moved, b = rows[2 * kept_a + first], rows[2 * merged_a + first], x[:, set_b]  # A token i is at 2i
     assign = (target_b.unsqueeze(1) == torch.arange(set_b.shape[0], device=x.device).view(1, -1, 1)).to(x.dtype)
-    merged_b = weighted[:, set_b] + assign @ moved  # (B, Nb, r) @ (B, r, C + 1): scatter-add as a product
-    out = torch.cat([kept, merged_b], dim=1)
-    new_size = out[..., -1:]
-    return out[..., :-1] / new_size, new_size
+    if size is None:  # every token stands for one input token
+        b_size = 1 + assign.sum(dim=-1, keepdim=True)
+        b = (b + assign @ moved) / b_size
+        kept_size = torch.ones_like(kept[..., :1])
+    else:
+        size_rows = size.flatten(0, 1)
+        b_size, kept_size = size[:, set_b], size_rows[2 * kept_a + first]
+        merged_size = b_size + assign @ size_rows[2 * merged_a + first]
+        b = (b * b_size + assign @ (moved * size_rows[2 * merged_a + first])) / merged_size
+        b_size = merged_size
+    return torch.cat([kept, b], dim=1), torch.cat([kept_size, b_size], dim=1)
 
 
 def _strongest_first(score: torch.Tensor) -> torch.Tensor:
