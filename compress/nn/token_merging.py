@@ -69,9 +69,9 @@ def merge_tokens(
         kept_size = torch.ones_like(kept[..., :1])
     else:
         size_rows = size.flatten(0, 1)
-        b_size, kept_size = size[:, set_b], size_rows[2 * kept_a + first]
-        merged_size = b_size + assign @ size_rows[2 * merged_a + first]
-        b = (b * b_size + assign @ (moved * size_rows[2 * merged_a + first])) / merged_size
+        kept_size, moved_size = size_rows[2 * kept_a + first], size_rows[2 * merged_a + first]
+        merged_size = size[:, set_b] + assign @ moved_size
+        b = (b * size[:, set_b] + assign @ (moved * moved_size)) / merged_size
         b_size = merged_size
     return torch.cat([kept, b], dim=1), torch.cat([kept_size, b_size], dim=1)
 
