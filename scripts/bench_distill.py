@@ -3,10 +3,12 @@ throughput of the loop with 1 and 2 processes on this machine. Everything goes t
 (`compress distill`, `accelerate launch`).
 
 The student is the smallest subnet of the recipe's space, INT8 (ort-static) everywhere, exported as an
-artifact; both runs re-quantize it at the end with that policy. (A first version pruned it by half as well:
-it then started at 15% accuracy and 300 steps from either teacher or labels only brought it to ~23%.)
+artifact; every run re-quantizes it at the end with that policy. Each distillation setting (temperature T,
+weight w on the soft labels) runs for two step budgets against fine-tuning on the labels only (w = 0) with the
+same data order, optimizer, schedule and seed. (A first version pruned the student by half as well: it then
+started at 15% accuracy and 300 steps from either teacher or labels only brought it to ~23%.)
 
-    python scripts/bench_distill.py [--recipe recipes/mosaic.yaml] [--steps 300]
+    python scripts/bench_distill.py [--recipe recipes/mosaic.yaml] [--steps 300,1200]
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/mosaic.yaml")
     parser.add_argument("--run-dir")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", default="300,1200", help="step budgets, comma-separated")
     parser.add_argument("--throughput-steps", type=int, default=60)
     args = parser.parse_args()
     loaded, checkpoint, context = trained_context(args.recipe, args.run_dir)
@@ -65,36 +67,42 @@ def main() -> None:
                              target=context.target, provenance={"space": space.name,
                                                                 "space_fingerprint": space.fingerprint()})
     parent = json.loads((student / "config.json").read_text())["metrics"]["accuracy"]
-    distilled = distill(args.recipe, student, bench / "distilled", args.steps, "--weight", "0.9")
-    labels_only = distill(args.recipe, student, bench / "labels-only", args.steps, "--weight", "0")
+    budgets = [int(b) for b in args.steps.split(",")]
+    settings = [("labels only", "labels", "1", "0"), ("T=4, w=0.9", "t4-w0.9", "4", "0.9"),
+                ("T=2, w=0.5 (the default)", "t2-w0.5", "2", "0.5"), ("T=1, w=0.5", "t1-w0.5", "1", "0.5")]
+    runs: dict[str, dict[int, dict]] = {}
+    for name, slug, temperature, weight in settings:
+        for steps in budgets:
+            cfg = distill(args.recipe, student, bench / f"{slug}-{steps}", steps, "--temperature", temperature,
+                          "--weight", weight)
+            runs.setdefault(name, {})[steps] = {k: cfg["metrics"][k] for k in ("accuracy", "test_accuracy")}
+            d = cfg["provenance"]["distillation"]
     throughput = {}
     for processes in (1, 2):
         cfg = distill(args.recipe, student, bench / f"throughput-{processes}", args.throughput_steps,
                       processes=processes)
-        d = cfg["provenance"]["distillation"]
-        throughput[processes] = {"samples": sum(d["samples_per_rank"]), "seconds": d["seconds_this_session"],
-                                 "samples_per_second": sum(d["samples_per_rank"]) / d["seconds_this_session"],
-                                 "samples_per_rank": d["samples_per_rank"]}
+        run = cfg["provenance"]["distillation"]
+        throughput[processes] = {"samples": sum(run["samples_per_rank"]), "seconds": run["seconds_this_session"],
+                                 "samples_per_second": sum(run["samples_per_rank"]) / run["seconds_this_session"],
+                                 "samples_per_rank": run["samples_per_rank"]}
 
-    acc = {"student before": parent, "distilled (teacher: largest subnet)": distilled["metrics"]["accuracy"],
-           "fine-tuned on labels only": labels_only["metrics"]["accuracy"]}
-    test = {"distilled (teacher: largest subnet)": distilled["metrics"]["test_accuracy"],
-            "fine-tuned on labels only": labels_only["metrics"]["test_accuracy"]}
-    md = [f"## Distillation runs on `{loaded.name}`: student = smallest subnet, INT8 (ort-static)", "",
-          "| student | val acc after re-quantization | test acc |", "| --- | --- | --- |"]
-    for name, a in acc.items():
-        md.append(f"| {name} | {100 * a:.2f}% | {100 * test[name]:.2f}% |" if name in test else
-                  f"| {name} | {100 * a:.2f}% | |")
-    d = distilled["provenance"]["distillation"]
-    md += ["", f"{args.steps} steps, batch {d['batch_size']}, AdamW lr {d['lr']:g}, T = {d['temperature']:g}; "
-           "labels only = the same run with distillation weight 0 (same data order, optimizer and seed).", "",
+    md = [f"## Distillation runs on `{loaded.name}`: student = smallest subnet, INT8 (ort-static), {100 * parent:.2f}% "
+          "val before", "",
+          "| fine-tuning | " + " | ".join(f"{b} steps: val / test acc" for b in budgets) + " |",
+          "| --- | " + " | ".join("---" for _ in budgets) + " |"]
+    for name, by_steps in runs.items():
+        md.append(f"| {name} | " + " | ".join(f"{100 * by_steps[b]['accuracy']:.2f}% / {100 * by_steps[b]['test_accuracy']:.2f}%"
+                                             for b in budgets) + " |")
+    md += ["", f"Batch {d['batch_size']}, AdamW lr {d['lr']:g}, teacher: the largest subnet of the supernet; accuracy "
+           "measured after re-quantization. Labels only = the same run with distillation weight 0 (same data order, "
+           "optimizer, schedule and seed).", "",
            "| processes | samples | seconds | samples / s |", "| --- | --- | --- | --- |"]
     for p, t in throughput.items():
         md.append(f"| {p} | {t['samples']} | {t['seconds']:.1f} | {t['samples_per_second']:.0f} |")
     md += ["", f"Throughput: {args.throughput_steps} steps of the same student on this 2-core machine "
            "(2 processes: `accelerate launch --multi_gpu --num_processes 2`, gloo, one thread each); seconds "
            "count the whole loop of one session, evaluation included.", ""]
-    write_results("distill", {"recipe": args.recipe, "accuracy": acc, "test_accuracy": test,
+    write_results("distill", {"recipe": args.recipe, "student_accuracy": parent, "runs": runs,
                               "throughput": throughput, "environment": environment()}, "\n".join(md) + "\n")
 
 
