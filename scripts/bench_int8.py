@@ -96,7 +96,8 @@ def main() -> None:
            "per-round ratios.", "", "Bar (issue 3): size <= 0.3x, latency <= 0.6x, accuracy drop <= 0.5 points.", ""]
     for name, checks in verdicts.items():
         md.append(f"- {name}: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
-    profile = op_profile({n: deployables[n] for n in ("fp32", "int8 ort-static")}, context, max(batches))
+    profile = op_profile({n: deployables[n] for n in ("fp32", "int8 ort-static", "every op INT8 (QOperator)")}, context,
+                         max(batches))
     md += ["", profile["markdown"]]
     pt2e = pt2e_section(built["fp32"].model, context, batches, args.rounds)
     if pt2e:
