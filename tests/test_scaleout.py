@@ -114,3 +114,24 @@ def test_three_workers_on_one_machine_survive_a_killed_worker(tiny_run, tmp_path
     _check(study, killed)
     # On one machine the dead worker's process is checked directly: failed at once, with the reason.
     assert "died during the trial" in study.trials[killed].user_attrs["fail_reason"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_survivors_failing_the_same_dead_trial_do_not_crash_or_requeue_twice(tmp_path, kind):
+    """Every surviving worker on a host sees the dead worker's trial; the one that comes second must find it
+    already failed, neither crash nor queue it a second time."""
+    from compress.search.study import WORKER_ATTR, fail_dead_local_trials, host_name
+
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal://{tmp_path / 'study.log'}"
+    first = optuna.create_study(storage=make_storage(url), study_name="s", directions=["maximize"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = first.ask()
+    trial.set_user_attr(WORKER_ATTR, {"host": host_name(), "pid": int(dead.stdout), "start": None})
+    second = optuna.load_study(study_name="s", storage=make_storage(url))
+    stale = second.get_trials(deepcopy=False, states=(TrialState.RUNNING,))  # the second worker's view, a moment ago
+
+    assert fail_dead_local_trials(first, retry=1, log=lambda *_: None) == 1
+    second.get_trials = lambda *args, **kwargs: stale
+    assert fail_dead_local_trials(second, retry=1, log=lambda *_: None) == 0
+    states = [t.state for t in first.get_trials(deepcopy=False)]
+    assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.WAITING) == 1  # re-queued once

@@ -223,14 +223,20 @@ def fail_dead_local_trials(study: optuna.Study, retry: int, log=print) -> int:
             continue
         # Optuna has no public call to fail another process's RUNNING trial (fail_stale_trials needs a stale
         # heartbeat), so this goes through the storage API that fail_stale_trials itself uses.
-        # The reason first: a finished trial can no longer be updated.
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
-                                           f"worker process {worker.get('pid')} died during the trial")
-        if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            failed += 1
-            log(f"trial {trial.number}: its worker (pid {worker.get('pid')}) died; marked failed")
-            if retry and _retries(trial) < retry:
-                _requeue(study, trial)
+        # The reason first: a finished trial can no longer be updated. Every surviving worker on this host sees
+        # the same dead trial; the storage lets exactly one of them finish it (a row lock in RDB storages, the
+        # order of the log in the journal) and refuses the others, which then have nothing left to do.
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
+                                               f"worker process {worker.get('pid')} died during the trial")
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first (and re-queued it if asked)
+        failed += 1
+        log(f"trial {trial.number}: its worker (pid {worker.get('pid')}) died; marked failed")
+        if retry and _retries(trial) < retry:
+            _requeue(study, trial)
     return failed
 
 
