@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -20,11 +21,15 @@ from compress.search.study import make_storage
 N_TRIALS = 9
 
 
-def _worker(recipe, url, study, host=None):
+def _worker(recipe, url, study, host=None, hold_at=None):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if host:
         env["COMPRESS_WORKER_HOST"] = host
-    return subprocess.Popen([sys.executable, "-m", "compress", "search", str(recipe), "--storage", url, "--study", study],
+    # The victim hangs in its `hold_at`th trial once the trial's spec is recorded, so it is killed mid-trial on
+    # any machine, however fast (tests/hold.py).
+    hold = [str(Path(__file__).with_name("hold.py")), "compress.search.loop:build_candidate", str(hold_at)] \
+        if hold_at else ["-m", "compress"]
+    return subprocess.Popen([sys.executable, *hold, "search", str(recipe), "--storage", url, "--study", study],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -32,7 +37,7 @@ def _run_three_workers(tiny_run, tmp_path, url, study_name, victim_host=None):
     recipe = tiny_run(search={"n_trials": N_TRIALS, "sampler": {"name": "random"}, "retry_failed": 1, "heartbeat_s": 2,
                               "policies": {"quantize": {"calibration_batches": 2}}},
                       target={"warmup": 20, "repeats": 400, "batch_size": 1, "threads": 1})
-    victim = _worker(recipe, url, study_name, host=victim_host)
+    victim = _worker(recipe, url, study_name, host=victim_host, hold_at=2)
     # Let the first worker create the study and queue the baselines before the others join.
     storage = make_storage(url)
     deadline = time.time() + 120
