@@ -31,7 +31,9 @@ def test_train_kill_resume_and_reuse(tmp_path):
     recipe = write_recipe(tmp_path, epochs=8)
     run = tmp_path / "run"
     progress = run / "supernet-state" / "progress.json"
-    proc = subprocess.Popen([sys.executable, "-m", "compress", "train-supernet", str(recipe)],
+    # The second checkpoint hangs, so the kill lands after the first one however fast the machine.
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hold.py")),
+                             "compress.train.supernet:save_training_state", "2", "train-supernet", str(recipe)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not progress.exists() and time.time() < deadline and proc.poll() is None:
