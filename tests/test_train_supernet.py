@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from compress.supernet.checkpoint import load_supernet
 from tests.conftest import tiny_recipe
@@ -54,6 +56,13 @@ def test_train_kill_resume_and_reuse(tmp_path):
     assert ckpt.meta["metrics"]["largest"] > 0.5  # 4 classes: well above chance
     assert ckpt.meta["data"]["num_classes"] == 4 and ckpt.meta["data"]["in_channels"] == 3
     assert not (run / "supernet-state").exists()  # partial state cleaned up once the final checkpoint exists
+    # The resumed run is the uninterrupted run: same batches, subnets, optimizer and scheduler state.
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    run_cli("train-supernet", str(write_recipe(straight, epochs=8)))
+    resumed, uninterrupted = (load_file(d / "supernet" / "supernet.safetensors") for d in (run, straight / "run"))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 
     # Same recipe again: reused, not retrained.
     out = run_cli("train-supernet", str(recipe)).stdout
