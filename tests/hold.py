@@ -2,14 +2,22 @@
 
     python tests/hold.py MODULE:FUNCTION N compress-arguments...
 
-Calls before the Nth run as usual; the Nth blocks for good. A test then finds the process exactly where it
-wants it (a trial started, its spec recorded) instead of racing it: polling the storage for a running trial
-missed every trial on a fast CI machine, which finished a whole search between two polls.
+Calls before the Nth run as usual; the Nth prints a marker and blocks for good. A test waits for the marker
+(`start_held`, `wait_until_held`), then finds the process exactly where it wants it (a trial started, its spec
+recorded) instead of racing it. Polling the study instead missed every trial on a fast CI machine, which
+finished a whole search between two polls, and opening a SQLite study while the process was still creating it
+is a race of its own.
 """
 
 import importlib
+import os
+import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
+
+MARKER = "holding in call"
 
 
 def main() -> int:
@@ -23,7 +31,7 @@ def main() -> int:
         nonlocal calls
         calls += 1
         if calls >= int(n):
-            print(f"holding in call {calls} of {target}", flush=True)
+            print(f"{MARKER} {calls} of {target}", flush=True)
             threading.Event().wait()
         return original(*a, **kw)
 
@@ -31,6 +39,22 @@ def main() -> int:
     from compress.cli import main as cli
 
     return cli(args)
+
+
+def start_held(target: str, n: int, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """``compress ARGS`` in a new process whose ``target`` hangs at its ``n``th call; output goes to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), target, str(n), *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env or dict(os.environ))
+
+
+def wait_until_held(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while MARKER not in log.read_text() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    if MARKER not in log.read_text():
+        proc.kill()
+        raise AssertionError(f"the process never reached the held call (exit {proc.poll()}):\n{log.read_text()[-4000:]}")
 
 
 if __name__ == "__main__":

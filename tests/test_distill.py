@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 
 from tests.fixtures import user_teacher  # noqa: E402  (the subprocesses import it as `user_teacher`)
+from tests.hold import start_held, wait_until_held  # noqa: E402
 
 
 def env():
@@ -90,13 +90,11 @@ def test_killed_after_first_checkpoint_resumes(student, tmp_path):
     out = tmp_path / "resumed"
     state = out.with_name(out.name + ".state") / "progress.json"
     # The second checkpoint hangs, so the kill lands after the first one however fast the machine.
-    cmd = [sys.executable, str(Path(__file__).with_name("hold.py")), "compress.train.distill:save_training_state", "2",
-           "distill", str(recipe), "--student", str(path), "--out", str(out),
-           "--steps", "400", "--checkpoint-every", "5", "--eval-every", "1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    log = tmp_path / "distill.log"
+    proc = start_held("compress.train.distill:save_training_state", 2,
+                      ["distill", str(recipe), "--student", str(path), "--out", str(out), "--steps", "400",
+                       "--checkpoint-every", "5", "--eval-every", "1000"], log, env=env())
+    wait_until_held(proc, log, timeout=300)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert state.exists(), "no checkpoint was written"

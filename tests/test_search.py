@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,6 +14,7 @@ from optuna.trial import TrialState
 from compress.recipe import load_recipe
 from compress.search.loop import run_search
 from compress.search.study import load_existing_study, make_storage
+from tests.hold import start_held, wait_until_held
 
 
 def quiet(*_):
@@ -114,29 +114,17 @@ def test_sigkill_mid_trial_then_rerun_completes_the_study(tiny_run):
     loaded = load_recipe(recipe)
     run_dir = loaded.run_dir()
     # The third trial hangs once its spec is recorded, so the kill lands mid-trial on any machine.
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hold.py")),
-                             "compress.search.loop:build_candidate", "3", "search", str(recipe)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run_dir.parent / "search.log"
+    proc = start_held("compress.search.loop:build_candidate", 3, ["search", str(recipe)], log)
+    wait_until_held(proc, log)
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    killed_with = None
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        if not (run_dir / "study.db").exists():
-            continue
-        try:
-            study = optuna.load_study(study_name="tiny", storage=storage)
-            trials = study.get_trials(deepcopy=False)
-        except Exception:
-            continue
-        n_done = sum(t.state == TrialState.COMPLETE for t in trials)
-        running = [t for t in trials if t.state == TrialState.RUNNING and "spec" in t.user_attrs]
-        if n_done >= 2 and running:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_with = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
-            break
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    assert len(running) == 1 and "spec" in running[0].user_attrs
+    killed_with = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
+    assert len(killed_with) == 2, log.read_text()
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert killed_with, "the search finished before it could be killed mid-trial"
 
     rerun = subprocess.run([sys.executable, "-m", "compress", "search", str(recipe)], capture_output=True, text=True,
                            timeout=600)

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from safetensors.torch import load_file
 
 from compress.supernet.checkpoint import load_supernet
 from tests.conftest import tiny_recipe
+from tests.hold import start_held, wait_until_held
 
 
 
@@ -34,12 +34,9 @@ def test_train_kill_resume_and_reuse(tmp_path):
     run = tmp_path / "run"
     progress = run / "supernet-state" / "progress.json"
     # The second checkpoint hangs, so the kill lands after the first one however fast the machine.
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hold.py")),
-                             "compress.train.supernet:save_training_state", "2", "train-supernet", str(recipe)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not progress.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    log = tmp_path / "train.log"
+    proc = start_held("compress.train.supernet:save_training_state", 2, ["train-supernet", str(recipe)], log)
+    wait_until_held(proc, log, timeout=120)
     assert progress.exists(), "no resumable state was written"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
