@@ -10,7 +10,21 @@ from safetensors.torch import load_file, save
 from compress.errors import CheckpointError
 from compress.fsutil import write_bytes_atomic
 
-PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save's zip container
+HEAD_BYTES = 16  # enough of a file's start for `is_pickle`
+
+
+def is_pickle(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a pickle (``torch.save``) rather than safetensors.
+
+    safetensors starts with its JSON header's length (8 bytes, little-endian) and then the header, ``{``. That
+    length's first byte can be anything, 0x80 included (a header of 0x1080 bytes, one exported artifact in
+    this project's quickstart), so the safetensors layout is checked before the pickle signatures: raw pickle
+    protocol 2-5 (0x80 and the protocol number) and torch.save's zip container.
+    """
+    if head[8:9] == b"{":
+        return False
+    raw_pickle = len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return head.startswith(b"PK\x03\x04") or raw_pickle
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -23,8 +37,8 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head.startswith(PICKLE_MAGIC):
+        head = fh.read(HEAD_BYTES)
+    if is_pickle(head):
         raise CheckpointError(
             f"{path}: this is a pickle (torch.save) file, not safetensors; compress refuses to unpickle weights "
             "because unpickling can run arbitrary code"

@@ -131,3 +131,29 @@ def test_export_of_unknown_or_missing_trials_is_refused(exported):
     assert proc.returncode == 2 and "has no trial 999" in proc.stderr
     proc = cli("export", str(run_dir))
     assert proc.returncode == 2 and "--trial N" in proc.stderr
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_are_not_taken_for_pickles(tmp_path):
+    """safetensors begins with its header's length; 0x80 as its first byte is a pickle's first byte too. One
+    exported quickstart artifact had such a header (0x1080 bytes) and could not be loaded."""
+    import io
+    import pickle
+
+    from safetensors.torch import save
+
+    from compress.weights import HEAD_BYTES, is_pickle, load_safetensors
+
+    tensors = {"w": torch.arange(6.0).reshape(2, 3)}
+    blob = next(b for b in (save(tensors, metadata={"pad": "x" * n}) for n in range(512)) if b[0] == 0x80)
+    (tmp_path / "model.safetensors").write_bytes(blob)
+    assert not is_pickle(blob[:HEAD_BYTES])
+    torch.testing.assert_close(load_safetensors(tmp_path / "model.safetensors")["w"], tensors["w"])
+
+    zipped, legacy = io.BytesIO(), io.BytesIO()
+    torch.save(tensors, zipped)
+    torch.save(tensors, legacy, _use_new_zipfile_serialization=False)
+    for refused in [zipped.getvalue(), legacy.getvalue()] + [pickle.dumps(tensors, protocol=p) for p in (2, 3, 4, 5)]:
+        assert is_pickle(refused[:HEAD_BYTES])
+        (tmp_path / "model.safetensors").write_bytes(refused)
+        with pytest.raises(CheckpointError, match="refuses to unpickle"):
+            load_safetensors(tmp_path / "model.safetensors")
