@@ -60,13 +60,16 @@ def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for attempt in range(SCHEMA_RACE_ATTEMPTS):
         try:
-            return RDBStorage(
+            storage = RDBStorage(
                 url,
                 engine_kwargs=_engine_kwargs(url),
                 heartbeat_interval=heartbeat_s,
                 grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=callback,
             )
+            if url.startswith("sqlite"):
+                _serialize_sqlite_transactions(storage.engine)
+            return storage
         except ImportError as exc:
             raise StorageError(f"storage {redact_url(url)!r} needs a database driver that is not installed ({exc}); "
                                "for PostgreSQL: pip install 'compress[postgres]'") from None
@@ -80,6 +83,30 @@ def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
                 continue
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StorageError(f"storage {redact_url(url)!r} cannot be opened: {first_line}") from None
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Optuna hands a queued trial to a worker by reading it as WAITING and writing it as RUNNING in one
+    transaction, with a row lock that SQLite does not have; and Python's sqlite3 driver only starts the
+    transaction at the write, so two workers can both read WAITING and both run the trial. Measured: four
+    workers popping 160 queued trials from one SQLite file took 16-22 of them twice, and a killed worker's
+    re-queued trial was run by both survivors. This is SQLAlchemy's documented recipe for serializable
+    transactions on pysqlite; workers wait for each other (up to the 60 s busy timeout), which costs little
+    at a few workers and trials of seconds.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_to_us(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while Optuna created its tables were made without these hooks
 
 
 def _lost_schema_race(exc: Exception) -> bool:
