@@ -67,7 +67,7 @@ def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
                 grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=callback,
             )
-            if url.startswith("sqlite"):
+            if url.startswith("sqlite:///") and ":memory:" not in url:  # a file, which other processes can open
                 _serialize_sqlite_transactions(storage.engine)
             return storage
         except ImportError as exc:
