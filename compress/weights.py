@@ -27,6 +27,13 @@ def is_pickle(head: bytes) -> bool:
     return head.startswith(b"PK\x03\x04") or raw_pickle
 
 
+def refuse_pickle(head: bytes, file: Path | str) -> None:
+    """Raise :class:`CheckpointError` if ``file``, which starts with ``head``, is a pickle: never unpickled."""
+    if is_pickle(head):
+        raise CheckpointError(f"{file}: this is a pickle (torch.save) file, not safetensors; compress refuses to "
+                              "unpickle weights because unpickling can run arbitrary code")
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_bytes_atomic(path, save(tensors, metadata=metadata))
@@ -37,12 +44,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
     with open(path, "rb") as fh:
-        head = fh.read(HEAD_BYTES)
-    if is_pickle(head):
-        raise CheckpointError(
-            f"{path}: this is a pickle (torch.save) file, not safetensors; compress refuses to unpickle weights "
-            "because unpickling can run arbitrary code"
-        )
+        refuse_pickle(fh.read(HEAD_BYTES), path)
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for truncated or malformed files

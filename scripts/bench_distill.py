@@ -76,7 +76,7 @@ def main() -> None:
             cfg = distill(args.recipe, student, bench / f"{slug}-{steps}", steps, "--temperature", temperature,
                           "--weight", weight)
             runs.setdefault(name, {})[steps] = {k: cfg["metrics"][k] for k in ("accuracy", "test_accuracy")}
-            d = cfg["provenance"]["distillation"]
+    d = cfg["provenance"]["distillation"]  # batch and lr, the same in every run
     throughput = {}
     for processes in (1, 2):
         cfg = distill(args.recipe, student, bench / f"throughput-{processes}", args.throughput_steps,

@@ -83,12 +83,17 @@ def main() -> None:
         previous = json.loads(earlier.read_text())
         if previous.get("setting") == setting:
             cache = {(r["arch"], r.get("seed", recipe.seed)): r for r in previous["rows"] + previous.get("noise", [])}
+
+    def standalone_or_earlier(arch, seed: int) -> tuple[float, float, bool]:
+        hit = cache.get((arch.describe(), seed))
+        if hit:
+            return hit["standalone"], hit["train_seconds"], True
+        return (*standalone_accuracy(arch, checkpoint, data, recipe, steps, seed), False)
+
     rows = []
     for i, arch in enumerate(archs):
         inherited = accuracy(calibrated_subnet(checkpoint.supernet, arch, context.bn_batches), data.val)
-        hit = cache.get((arch.describe(), recipe.seed))
-        standalone, seconds = (hit["standalone"], hit["train_seconds"]) if hit else \
-            standalone_accuracy(arch, checkpoint, data, recipe, steps, recipe.seed)
+        standalone, seconds, hit = standalone_or_earlier(arch, recipe.seed)
         macs = count_macs(build_model(subnet_config(checkpoint.supernet, arch)), torch.rand(shape))
         rows.append({"arch": arch.describe(), "macs": macs, "inherited": inherited, "standalone": standalone,
                      "seed": recipe.seed, "train_seconds": seconds})
@@ -96,11 +101,9 @@ def main() -> None:
               + (" (earlier run)" if hit else f" ({seconds:.0f}s)"), flush=True)
 
     noise = []
+    by_name = {a.describe(): a for a in archs}
     for r in sorted(rows, key=lambda r: r["train_seconds"])[:args.noise_archs]:
-        arch = next(a for a in archs if a.describe() == r["arch"])
-        hit = cache.get((r["arch"], recipe.seed + 1))
-        again, seconds = (hit["standalone"], hit["train_seconds"]) if hit else \
-            standalone_accuracy(arch, checkpoint, data, recipe, steps, recipe.seed + 1)
+        again, seconds, _ = standalone_or_earlier(by_name[r["arch"]], recipe.seed + 1)
         noise.append({"arch": r["arch"], "seed": recipe.seed + 1, "standalone": again, "train_seconds": seconds,
                       "first_seed": r["standalone"], "change": again - r["standalone"]})
         print(f"[seed {recipe.seed + 1}] {r['arch']}: stand-alone {again:.4f} (seed {recipe.seed}: {r['standalone']:.4f})",

@@ -10,7 +10,6 @@ is a race of its own.
 """
 
 import importlib
-import os
 import subprocess
 import sys
 import threading
@@ -45,7 +44,7 @@ def start_held(target: str, n: int, args: list[str], log: Path, env: dict | None
     """``compress ARGS`` in a new process whose ``target`` hangs at its ``n``th call; output goes to ``log``."""
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), target, str(n), *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=env or dict(os.environ))
+                                stderr=subprocess.STDOUT, env=env)
 
 
 def wait_until_held(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from compress.supernet.checkpoint import load_supernet
+from compress.weights import load_safetensors
 from tests.conftest import tiny_recipe
 from tests.hold import start_held, wait_until_held
 
@@ -57,7 +57,7 @@ def test_train_kill_resume_and_reuse(tmp_path):
     straight = tmp_path / "straight"
     straight.mkdir()
     run_cli("train-supernet", str(write_recipe(straight, epochs=8)))
-    resumed, uninterrupted = (load_file(d / "supernet" / "supernet.safetensors") for d in (run, straight / "run"))
+    resumed, uninterrupted = (load_safetensors(d / "supernet" / "supernet.safetensors") for d in (run, straight / "run"))
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
 

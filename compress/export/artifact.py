@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compress.errors import CheckpointError
-from compress.weights import HEAD_BYTES, is_pickle
+from compress.weights import refuse_pickle
 from compress.fsutil import recover_dir, replace_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from compress.yamlio import format_validation_error
 
@@ -131,9 +131,8 @@ def verified_bytes(path: Path, config: ArtifactConfig, name: str) -> bytes:
     if not file.is_file():
         raise CheckpointError(f"{file}: missing (config.json lists it)")
     blob = file.read_bytes()
-    if name.endswith(".safetensors") and is_pickle(blob[:HEAD_BYTES]):
-        raise CheckpointError(f"{file}: this is a pickle (torch.save) file, not safetensors; compress refuses to "
-                              "unpickle weights because unpickling can run arbitrary code")
+    if name.endswith(".safetensors"):
+        refuse_pickle(blob, file)
     if sha256(blob) != config.files[name]:
         raise CheckpointError(f"{file}: checksum does not match config.json; the file is corrupted or was "
                               "modified after export")

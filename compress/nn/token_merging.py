@@ -69,10 +69,9 @@ def merge_tokens(
         kept_size = torch.ones_like(kept[..., :1])
     else:
         size_rows = size.flatten(0, 1)
-        kept_size, moved_size = size_rows[2 * kept_a + first], size_rows[2 * merged_a + first]
-        merged_size = size[:, set_b] + assign @ moved_size
-        b = (b * size[:, set_b] + assign @ (moved * moved_size)) / merged_size
-        b_size = merged_size
+        kept_size, moved_size, own_size = size_rows[2 * kept_a + first], size_rows[2 * merged_a + first], size[:, set_b]
+        b_size = own_size + assign @ moved_size
+        b = (b * own_size + assign @ (moved * moved_size)) / b_size
     return torch.cat([kept, b], dim=1), torch.cat([kept_size, b_size], dim=1)
 
 

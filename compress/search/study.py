@@ -51,7 +51,8 @@ def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
                            "mysql://USER@HOST/DB or journal:///FILE")
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    if url.startswith("sqlite:///"):
+    sqlite_file = url.startswith("sqlite:///") and ":memory:" not in url  # other processes can open it
+    if sqlite_file:
         db = Path(url[len("sqlite:///"):])
         if not db.parent.is_dir():
             raise StorageError(f"storage {url!r}: directory {str(db.parent)!r} does not exist")
@@ -67,7 +68,7 @@ def make_storage(url: str, *, heartbeat_s: int = 30, retry: int = 0):
                 grace_period=2 * heartbeat_s,
                 heartbeat_stale_trial_callback=callback,
             )
-            if url.startswith("sqlite:///") and ":memory:" not in url:  # a file, which other processes can open
+            if sqlite_file:
                 _serialize_sqlite_transactions(storage.engine)
             return storage
         except ImportError as exc:
