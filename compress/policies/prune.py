@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.nn.blocks import TransformerBlock
+from compress.nn.blocks import Attention
 from compress.nn.net import HybridNet
 
 IMPORTANCE = ("magnitude", "taylor")
@@ -56,13 +56,14 @@ def prune(model: HybridNet, policy: PrunePolicy, images: torch.Tensor, labels: t
         raise ValueError(f"unknown importance {policy.importance!r}; expected one of {IMPORTANCE}")
 
     ratios = {stage: r for stage, r in zip(model.stages, policy.ratios) if r > 0}
-    blocks = [b for stage in model.stages for b in stage.blocks if isinstance(b, TransformerBlock)]
-    heads = {b.attn.qkv: b.attn.num_heads for b in blocks}
+    # Any family's attention (compress.nn.blocks.Attention and subclasses) has its heads pruned whole.
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    heads = {a.qkv: a.num_heads for a in attentions}
     head_ratios = {}
     for stage, r in ratios.items():
-        for b in stage.blocks:
-            if isinstance(b, TransformerBlock) and b.attn.num_heads > 1:
-                head_ratios[b.attn.qkv] = r
+        for a in stage.modules():
+            if isinstance(a, Attention) and a.heads_prunable and a.num_heads > 1:
+                head_ratios[a.qkv] = r
     was_training = model.training
     model.eval()
     with torch.enable_grad():  # the dependency graph is traced through autograd
@@ -72,7 +73,7 @@ def prune(model: HybridNet, policy: PrunePolicy, images: torch.Tensor, labels: t
             importance=importance,
             pruning_ratio=0.0,  # only the stages named in pruning_ratio_dict shrink
             pruning_ratio_dict=ratios,
-            ignored_layers=[model.classifier],
+            ignored_layers=[model.classifier, *(m for a in attentions for m in a.untraced_layers())],
             num_heads=heads,  # always declared: qkv rows are (3, heads, head_dim) and must stay so
             prune_num_heads=bool(head_ratios),
             prune_head_dims=False,
@@ -83,8 +84,8 @@ def prune(model: HybridNet, policy: PrunePolicy, images: torch.Tensor, labels: t
             F.cross_entropy(model(images), labels).backward()
         pruner.step()
         model.zero_grad(set_to_none=True)
-    for b in blocks:
-        b.attn.num_heads = pruner.num_heads.get(b.attn.qkv, b.attn.num_heads)
+    for a in attentions:
+        a.num_heads = pruner.num_heads.get(a.qkv, a.num_heads)
     return model.train(was_training)
 
 
