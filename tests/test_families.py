@@ -28,8 +28,9 @@ SPACE = {
         {"blocks": ["gated_attn", "attn", "conv"], "stride": 2, "depth": [1, 2], "width": [8, 16],
          "gated_attn": {"heads": [1, 2], "head_dim": 4, "mlp_ratio": [1, 2]},
          "attn": {"heads": [1, 2, 3], "head_dim": 4, "mlp_ratio": [1]}},
-        {"blocks": ["gated_attn", "conv"], "stride": 1, "depth": [1, 2], "width": [16, 24],
-         "gated_attn": {"heads": [1, 2], "head_dim": 8, "mlp_ratio": [1, 2]}},
+        {"blocks": ["gated_attn", "linear_attn", "conv"], "stride": 1, "depth": [1, 2], "width": [16, 24],
+         "gated_attn": {"heads": [1, 2], "head_dim": 8, "mlp_ratio": [1, 2]},
+         "linear_attn": {"heads": [1, 2], "head_dim": 8, "mlp_ratio": [1, 2]}},
     ],
 }
 
@@ -52,7 +53,7 @@ def supernet(space):
 
 
 def test_registry_knows_the_built_in_families_and_names_the_unknown():
-    assert {"conv", "attn", "gated_attn"} <= set(family_names())
+    assert {"conv", "attn", "gated_attn", "linear_attn"} <= set(family_names())
     with pytest.raises(KeyError, match="unknown block family 'mamba'"):
         get_family("mamba")
 
@@ -68,7 +69,7 @@ def test_gated_attention_extracts_exactly_and_exports(space, supernet):
     rng = random.Random(1)
     x = torch.rand(4, 3, 16, 16)
     seen = set()
-    for _ in range(25):
+    for _ in range(30):
         arch = space.sample(rng)
         seen.add(arch.stages[2].block)
         supernet.set_active(arch)
@@ -80,7 +81,7 @@ def test_gated_attention_extracts_exactly_and_exports(space, supernet):
             rebuilt = build_model(static.config())
             rebuilt.load_state_dict(static.state_dict())
             torch.testing.assert_close(rebuilt.eval()(x), expected, atol=1e-5, rtol=0)
-    assert seen == {"gated_attn", "conv"}
+    assert seen == {"gated_attn", "linear_attn", "conv"}
     arch = space.largest()
     assert [s.block for s in arch.stages] == ["conv", "gated_attn", "gated_attn"]
     static = extract_subnet(supernet, arch).eval()
@@ -108,6 +109,28 @@ def test_gated_attention_prunes_width_and_keeps_its_heads(space, supernet):
     rebuilt.load_state_dict(model.state_dict())
 
 
+def test_linear_attention_prunes_heads_merges_tokens_and_exports(space, supernet):
+    from compress.policies.tome import MergePolicy, apply_merge
+
+    big = space.largest()
+    arch = Arch(big.stem_width, big.stages[:2] + (space.make_stage(space.stages[2], "linear_attn", 2, 24, max),))
+    model = extract_subnet(supernet, arch).eval()
+    x = torch.rand(4, 3, 16, 16)
+    prune(model, PrunePolicy((0.0, 0.0, 0.5), "magnitude"), x, torch.zeros(4, dtype=torch.long))
+    assert [b.attn.num_heads for b in model.stages[2].blocks] == [1, 1]
+    apply_merge(model, MergePolicy(4))
+    assert model.config()["stages"][2]["blocks"][0] == {"type": "linear_attn", "heads": 1, "head_dim": 8,
+                                                       "mlp_hidden": 24, "merge_r": 4}
+    with torch.no_grad():
+        expected = model(x)
+    rebuilt = build_model(model.config())
+    rebuilt.load_state_dict(model.state_dict())
+    session = ort.InferenceSession(export_onnx(rebuilt, x).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {INPUT_NAME: x.numpy()})[0], expected.numpy(), atol=1e-4)
+    ops = {n.op_type for n in export_onnx(rebuilt, x).graph.node}
+    assert "Relu" in ops
+
+
 def test_gated_attention_quantizes_with_onnx_runtime(space, supernet):
     from compress.deploy import lower
 
@@ -124,7 +147,7 @@ def test_gated_attention_quantizes_with_onnx_runtime(space, supernet):
 def test_genome_round_trips_architectures_and_trials(space):
     genes = {g.name for g in space.genes()}
     # shared dimension names get one gene per family; a name only one family has keeps the short form
-    assert {"s1.l0.gated_attn.heads", "s1.l0.attn.heads", "s1.l0.kernel_size", "s2.l1.heads"} <= genes
+    assert {"s1.l0.gated_attn.heads", "s1.l0.attn.heads", "s1.l0.kernel_size", "s2.l1.linear_attn.heads", "s0.l1.expand_ratio"} <= genes
     rng = random.Random(3)
     for _ in range(200):
         arch = space.sample(rng)
@@ -156,3 +179,33 @@ def test_old_records_with_every_familys_dimensions_still_load(space):
     old = arch.to_dict()
     old["stages"][0].update(heads=[], mlp_ratio=[])  # how records looked before families were plugins
     assert Arch.from_dict(old) == arch
+
+
+def test_policy_genome_round_trips_random_trials(tmp_path):
+    from tests.conftest import tiny_recipe
+
+    from compress.recipe import load_recipe
+    from compress.search.suggest import decode_policies, encode_policies, params_of, policy_genes, suggest_spec
+
+    loaded = load_recipe(tiny_recipe(tmp_path, search={
+        "n_trials": 6, "sampler": {"name": "random"},
+        "policies": {"quantize": {"enabled": True, "backends": ["ort-static", "ort-dynamic"]},
+                     "prune": {"enabled": True, "ratios": [0.0, 0.25, 0.5], "importance": ["magnitude", "taylor"]},
+                     "merge": {"enabled": True, "r": [0, 2]},
+                     "distill": {"enabled": True, "steps": [0, 5], "temperature": [1.0, 2.0]}}}))
+    recipe, space = loaded.recipe, loaded.space
+    genes = policy_genes(space, recipe)
+    assert {"p.importance", "p.s0", "m.r", "d.steps", "q.backend", "q.stem"} <= {g.name for g in genes}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_enabled = set()
+    for _ in range(60):
+        trial = study.ask()
+        spec = suggest_spec(trial, space, recipe)
+        p = spec.policies
+        seen_enabled |= {name for name, on in (("prune", p.prune.enabled), ("distill", p.distill.enabled),
+                                                ("quant", p.quant.enabled), ("merge", p.merge.enabled)) if on}
+        again = suggest_spec(optuna.trial.FixedTrial(params_of(spec, space, recipe)), space, recipe)
+        assert again == spec  # params_of is the inverse of suggest_spec on what the spec uses
+        assert decode_policies(encode_policies(p, space, recipe), space, recipe) == p
+        study.tell(trial, 0.0)
+    assert seen_enabled == {"prune", "distill", "quant", "merge"}

@@ -5,4 +5,4 @@ its first look-up. To add a family, write one file like these and import it belo
 package, declare it under the ``compress.block_families`` entry-point group).
 """
 
-from compress.families import attn, conv, gated_attn  # noqa: F401  (registration happens at import)
+from compress.families import attn, conv, gated_attn, linear_attn  # noqa: F401  (registration happens at import)

@@ -78,6 +78,7 @@ class AttnStage(nn.Module):
 
 class ElasticTransformerBlock(nn.Module):
     static_block = TransformerBlock
+    attend = staticmethod(attend)  # the same function as the static block's, so extraction is exact
 
     def __init__(self, max_dim: int, max_heads: int, head_dim: int, max_mlp_hidden: int):
         super().__init__()
@@ -93,7 +94,7 @@ class ElasticTransformerBlock(nn.Module):
         """Multi-head attention of the normed tokens ``x``: (B, N, heads * head_dim), before the projection."""
         batch, tokens, _ = x.shape
         qkv = self.qkv(x, heads).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        return attend(*qkv.unbind(0)).transpose(1, 2).reshape(batch, tokens, -1)
+        return self.attend(*qkv.unbind(0)).transpose(1, 2).reshape(batch, tokens, -1)
 
     def forward(self, x: torch.Tensor, heads: int, mlp_hidden: int) -> torch.Tensor:
         dim = x.shape[-1]

@@ -43,6 +43,8 @@ class Attention(nn.Module):
     whole heads; after pruning only ``num_heads`` has to be updated (head_dim is derived from shapes).
     """
 
+    attend = staticmethod(attend)  # families may swap the attention function (linear attention)
+
     def __init__(self, dim: int, num_heads: int, head_dim: int):
         super().__init__()
         self.num_heads = num_heads
@@ -64,7 +66,7 @@ class Attention(nn.Module):
         bias = None
         if size is not None:
             bias = size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N): a merged key counts `size` times
-        out = self.gate_heads(x, attend(q, k, v, bias)).transpose(1, 2).reshape(batch, tokens, -1)
+        out = self.gate_heads(x, self.attend(q, k, v, bias)).transpose(1, 2).reshape(batch, tokens, -1)
         metric = None
         if with_metric:
             # Sum over heads as a product with stacked identities, on the keys before the head permute: a
