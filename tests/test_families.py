@@ -209,3 +209,46 @@ def test_policy_genome_round_trips_random_trials(tmp_path):
         assert decode_policies(encode_policies(p, space, recipe), space, recipe) == p
         study.tell(trial, 0.0)
     assert seen_enabled == {"prune", "distill", "quant", "merge"}
+
+
+def _readme_block(marker: str) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index(marker)
+    return text[start:text.index("```", start)]
+
+
+def test_the_readme_adds_a_family_with_one_file_and_a_registration():
+    namespace: dict = {}
+    exec(compile(_readme_block("# README example: adding a block family"), "README.md", "exec"), namespace)
+    assert "sepconv" in family_names()
+    space = SearchSpace.from_dict({
+        "name": "sep", "stem": {"width": [4, 8]},
+        "stages": [{"blocks": ["sepconv", "conv"], "depth": [1, 2], "width": [8, 12], "sepconv": {"kernel_size": [3, 5]}},
+                   {"blocks": ["attn", "sepconv"], "stride": 2, "depth": [1, 2], "width": [8, 16],
+                    "attn": {"heads": [1, 2], "head_dim": 4}, "sepconv": {"kernel_size": [3, 7]}}]}, "sep.yaml")
+    assert space.largest().describe() == "stem8 | sepconv d2 w12 k5,5 | attn d2 w16 h2,2 m2,2"
+    torch.manual_seed(0)
+    net = HybridSupernet(space, in_channels=3, num_classes=4, mean=[0.5] * 3, std=[0.25] * 3)
+    rng = random.Random(0)
+    with torch.no_grad():
+        for _ in range(4):
+            net.set_active(space.sample(rng))
+            net(torch.rand(8, 3, 16, 16))
+    net.eval()
+    x = torch.rand(3, 3, 16, 16)
+    for _ in range(12):
+        arch = space.sample(rng)
+        net.set_active(arch)
+        with torch.no_grad():
+            static = extract_subnet(net, arch).eval()
+            torch.testing.assert_close(static(x), net(x), atol=1e-5, rtol=0)
+    arch = space.smallest(["sepconv", "sepconv"])
+    static = extract_subnet(net, arch).eval()
+    prune(static, PrunePolicy((0.5, 0.0), "magnitude"), x, torch.zeros(3, dtype=torch.long))
+    rebuilt = build_model(static.config())
+    rebuilt.load_state_dict(static.state_dict())
+    session = ort.InferenceSession(export_onnx(rebuilt, x).SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {INPUT_NAME: x.numpy()})[0], static(x).numpy(), atol=1e-4)
