@@ -66,8 +66,9 @@ class BlockFamily(ABC):
         """The deployable stage (an ``nn.Module`` with ``downsample``, ``blocks`` and ``block_configs()``)
         built from exact sizes; with ``pool`` it returns pooled features instead of a grid."""
 
-    def check_block(self, block: dict) -> None:
-        """Raise ``ValueError`` naming the field if a static block config cannot be built (bounds etc.)."""
+    def check_stage(self, options: Any, widths: list[int]) -> None:
+        """Raise ``ValueError`` if the family's options cannot go with a stage's widths (called when a
+        search space is validated)."""
 
 
 def register_family(cls: type[BlockFamily]) -> type[BlockFamily]:

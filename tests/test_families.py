@@ -15,7 +15,7 @@ from compress.nn import build_model
 from compress.policies.prune import PrunePolicy, prune
 from compress.policies.quantize import QuantPolicy
 from compress.registry import family_names, get_family
-from compress.space import Arch, SearchSpace
+from compress.space import Arch, SearchSpace, StageArch
 from compress.supernet import HybridSupernet, extract_subnet
 
 SPACE = {
@@ -252,3 +252,26 @@ def test_the_readme_adds_a_family_with_one_file_and_a_registration():
     session = ort.InferenceSession(export_onnx(rebuilt, x).SerializeToString(), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         np.testing.assert_allclose(session.run(None, {INPUT_NAME: x.numpy()})[0], static(x).numpy(), atol=1e-4)
+
+
+def test_regrouped_heads_share_every_weight_and_extract_exactly():
+    stage = {"blocks": ["attn"], "stride": 2, "depth": [1, 2], "width": [8, 16],
+             "attn": {"heads": [1, 2, 4], "mlp_ratio": [1, 2], "heads_mode": "regroup"}}
+    space = SearchSpace.from_dict({"name": "regroup", "stem": {"width": [8]}, "stages": [stage]}, "regroup.yaml")
+    with pytest.raises(RecipeError, match="width 6 is not divisible by 4 heads"):
+        SearchSpace.from_dict({"name": "bad", "stem": {"width": [8]}, "stages": [{**stage, "width": [6, 8]}]}, "bad.yaml")
+    torch.manual_seed(0)
+    net = HybridSupernet(space, in_channels=3, num_classes=4, mean=[0.5] * 3, std=[0.25] * 3).eval()
+    x = torch.rand(2, 3, 16, 16)
+    qkv = {}
+    for heads in (1, 2, 4):
+        arch = Arch(8, (StageArch.of("attn", 1, 16, heads=[heads], mlp_ratio=[2]),))
+        net.set_active(arch)
+        static = extract_subnet(net, arch).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(static(x), net(x), atol=1e-5, rtol=0)
+        attn = static.stages[0].blocks[0].attn
+        assert (attn.num_heads, attn.head_dim) == (heads, 16 // heads)
+        qkv[heads] = attn.qkv.weight
+    # every head count reads all 3 x 16 rows: the same tensor, regrouped
+    assert qkv[1].shape == (48, 16) and torch.equal(qkv[1], qkv[4]) and torch.equal(qkv[1], qkv[2])

@@ -8,6 +8,8 @@ its first hidden units. Token merging applies to these blocks (``merge_r``).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
@@ -26,6 +28,11 @@ class AttnOptions(BaseModel):
     heads: list[int] = Field(default=[2])
     head_dim: int = Field(default=16, ge=4, le=256)
     mlp_ratio: list[float] = Field(default=[2.0])
+    # How a head count maps onto weights. "slice": each head has `head_dim` rows of q, k and v, and fewer
+    # heads take the first heads' rows (so a 1-head subnet inherits a quarter of a 4-head layer).
+    # "regroup" (HAT): q, k and v are as wide as the stage and the head count only regroups those rows
+    # (head_dim = width / heads), so every head count shares all of the weights. `head_dim` is then unused.
+    heads_mode: Literal["slice", "regroup"] = "slice"
 
     @field_validator("heads")
     @classmethod
@@ -80,20 +87,25 @@ class ElasticTransformerBlock(nn.Module):
     static_block = TransformerBlock
     attend = staticmethod(attend)  # the same function as the static block's, so extraction is exact
 
-    def __init__(self, max_dim: int, max_heads: int, head_dim: int, max_mlp_hidden: int):
+    def __init__(self, max_dim: int, max_heads: int, head_dim: int | None, max_mlp_hidden: int):
         super().__init__()
-        self.head_dim = head_dim
+        self.head_dim = head_dim  # None: heads regroup the stage's width
+        max_rows = max_dim if head_dim is None else max_heads * head_dim
         self.norm1 = ElasticLayerNorm(max_dim)
-        self.qkv = ElasticQKV(max_dim, max_heads, head_dim)
-        self.proj = ElasticLinear(max_heads * head_dim, max_dim)
+        self.qkv = ElasticQKV(max_dim, max_rows)
+        self.proj = ElasticLinear(max_rows, max_dim)
         self.norm2 = ElasticLayerNorm(max_dim)
         self.fc1 = ElasticLinear(max_dim, max_mlp_hidden)
         self.fc2 = ElasticLinear(max_mlp_hidden, max_dim)
 
+    def rows(self, width: int, heads: int) -> int:
+        """Rows of each of q, k and v for ``heads`` heads in a stage of ``width`` channels."""
+        return width if self.head_dim is None else heads * self.head_dim
+
     def attention(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """Multi-head attention of the normed tokens ``x``: (B, N, heads * head_dim), before the projection."""
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(x, heads).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        """Multi-head attention of the normed tokens ``x``: (B, N, rows), before the projection."""
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x, self.rows(width, heads)).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
         return self.attend(*qkv.unbind(0)).transpose(1, 2).reshape(batch, tokens, -1)
 
     def forward(self, x: torch.Tensor, heads: int, mlp_hidden: int) -> torch.Tensor:
@@ -102,10 +114,11 @@ class ElasticTransformerBlock(nn.Module):
         return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x), mlp_hidden)), dim)
 
     def extract(self, dim: int, heads: int, mlp_hidden: int) -> TransformerBlock:
-        static = self.static_block(dim, heads, self.head_dim, mlp_hidden)
+        rows = self.rows(dim, heads)
+        static = self.static_block(dim, heads, rows // heads, mlp_hidden)
         static.norm1 = self.norm1.extract(dim)
-        static.attn.qkv = self.qkv.extract(dim, heads)
-        static.attn.proj = self.proj.extract(heads * self.head_dim, dim)
+        static.attn.qkv = self.qkv.extract(dim, rows)
+        static.attn.proj = self.proj.extract(rows, dim)
         static.norm2 = self.norm2.extract(dim)
         static.fc1 = self.fc1.extract(dim, mlp_hidden)
         static.fc2 = self.fc2.extract(mlp_hidden, dim)
@@ -119,9 +132,9 @@ class ElasticAttnBlocks(nn.Module):
     def __init__(self, options: AttnOptions, max_dim: int, max_depth: int):
         super().__init__()
         self.pos = ElasticDWConv(max_dim)
+        head_dim = None if options.heads_mode == "regroup" else options.head_dim
         self.blocks = nn.ModuleList(
-            self.elastic_block(max_dim, max(options.heads), options.head_dim,
-                               hidden_width(max_dim, max(options.mlp_ratio)))
+            self.elastic_block(max_dim, max(options.heads), head_dim, hidden_width(max_dim, max(options.mlp_ratio)))
             for _ in range(max_depth))
         self.norm = ElasticLayerNorm(max_dim)
 
@@ -134,9 +147,8 @@ class ElasticAttnBlocks(nn.Module):
         return self.norm(tokens), height, width
 
     def static_blocks(self, arch: StageArch) -> list[dict]:
-        head_dim = self.blocks[0].head_dim
-        return [{"type": self.family, "heads": h, "head_dim": head_dim, "mlp_hidden": hidden_width(arch.width, r),
-                 "merge_r": 0} for h, r in zip(arch.heads, arch.mlp_ratio)]
+        return [{"type": self.family, "heads": h, "head_dim": self.blocks[0].rows(arch.width, h) // h,
+                 "mlp_hidden": hidden_width(arch.width, r), "merge_r": 0} for h, r in zip(arch.heads, arch.mlp_ratio)]
 
     def extract_into(self, static: AttnStage, arch: StageArch) -> None:
         static.pos = self.pos.extract(arch.width)
@@ -155,6 +167,13 @@ class AttnFamily(BlockFamily):
     token_merging = True
     elastic_type = ElasticAttnBlocks
     static_type = AttnStage
+
+    def check_stage(self, options: AttnOptions, widths: list[int]) -> None:
+        if options.heads_mode == "regroup":
+            bad = [(w, h) for w in widths for h in options.heads if w % h]
+            if bad:
+                raise ValueError(f"heads_mode regroup needs every width divisible by every head count; "
+                                 f"width {bad[0][0]} is not divisible by {bad[0][1]} heads")
 
     def elastic_blocks(self, options: AttnOptions, max_dim: int, max_depth: int) -> ElasticAttnBlocks:
         return self.elastic_type(options, max_dim, max_depth)

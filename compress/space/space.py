@@ -107,16 +107,16 @@ class StageSpec(BaseModel):
                 raise ValueError(f"{key} options given but {key!r} is not in blocks")
         for name in self.blocks:
             raw = extra.get(name)
-            schema = get_family(name).options
-            if isinstance(raw, schema):
-                continue
-            try:
-                extra[name] = schema.model_validate({} if raw is None else raw)
-            except ValidationError as exc:
-                raise ValidationError.from_exception_data("StageSpec", [
-                    InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e.get("input"),
-                                     **({"ctx": e["ctx"]} if "ctx" in e else {}))
-                    for e in exc.errors()]) from None
+            family = get_family(name)
+            if not isinstance(raw, family.options):
+                try:
+                    extra[name] = family.options.model_validate({} if raw is None else raw)
+                except ValidationError as exc:
+                    raise ValidationError.from_exception_data("StageSpec", [
+                        InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e.get("input"),
+                                         **({"ctx": e["ctx"]} if "ctx" in e else {}))
+                        for e in exc.errors()]) from None
+            family.check_stage(extra[name], self.width)
         return self
 
     def options(self, family: str) -> Any:
