@@ -82,10 +82,10 @@ def _open_run(run_dir: Path, storage: str | None, study: str | None):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from compress.export.exporter import export_trials, select_trials
+    from compress.api import export_trials, select_trials
     from compress.search.loop import anchor_reference, load_context, require_trials
     from compress.supernet.checkpoint import load_supernet
-    from compress.train.supernet import supernet_dir
+    from compress.supernet.checkpoint import supernet_dir
 
     run_dir = Path(args.run)
     if not args.pareto and not args.trial:
@@ -166,7 +166,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from compress.export.exporter import export_trials, select_trials
+    from compress.api import export_trials, select_trials
     from compress.recipe import load_recipe
     from compress.search.loop import anchor_reference, load_context
     from compress.search.outputs import front_table

@@ -23,7 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from compress.errors import CheckpointError
-from compress.export.onnx import export_onnx
+from compress.nn.onnx_export import export_onnx
 from compress.measure.runtime import OrtRunner, TorchRunner
 from compress.nn.fold import fold_batchnorm
 from compress.nn.net import HybridNet, build_model

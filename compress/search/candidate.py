@@ -41,8 +41,8 @@ from compress.recipe import AugmentConfig, TargetConfig
 from compress.space import Arch
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
-from compress.train.bn import recalibrate_bn
-from compress.train.finetune import finetune
+from compress.nn.bn import recalibrate_bn
+from compress.policies.finetune import finetune
 
 
 @dataclass(frozen=True)

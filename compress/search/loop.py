@@ -36,7 +36,7 @@ from compress.search.study import (
 )
 from compress.search.suggest import baseline_specs, params_of, suggest_spec
 from compress.supernet.checkpoint import SupernetCheckpoint, load_supernet
-from compress.train.supernet import supernet_dir
+from compress.supernet.checkpoint import supernet_dir
 
 
 
@@ -54,7 +54,7 @@ def load_context(loaded: LoadedRecipe, checkpoint: SupernetCheckpoint) -> BuildC
     distill = recipe.search.policies.distill
     teacher_factory = None
     if distill.enabled and distill.teacher != "largest":
-        from compress.train.teacher import check_teacher_outputs, load_teacher
+        from compress.search.teacher import check_teacher_outputs, load_teacher
 
         # Loaded now, not at the first distilling trial, so a missing or mismatched teacher stops the search
         # before it starts.

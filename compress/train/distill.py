@@ -27,7 +27,7 @@ from compress.policies import DistillPolicy, Policies
 from compress.policies.distill import distill_loss
 from compress.recipe import LoadedRecipe, TargetConfig
 from compress.train.state import read_progress, save_training_state
-from compress.train.teacher import check_teacher_outputs, load_teacher
+from compress.search.teacher import check_teacher_outputs, load_teacher
 
 class WithFeatures(nn.Module):
     """Logits and pooled features from one forward, so DDP sees a single call."""
@@ -69,7 +69,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     from compress.measure.accuracy import accuracy
     from compress.provenance import machine, package_versions
     from compress.search.candidate import Candidate, CandidateSpec, measure
-    from compress.train.supernet import supernet_dir as default_supernet_dir
+    from compress.supernet.checkpoint import supernet_dir as default_supernet_dir
 
     cfg = loaded.recipe.distill.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
     teacher_spec = teacher or cfg.teacher

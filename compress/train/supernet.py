@@ -29,14 +29,10 @@ from compress.fsutil import ensure_writable_dir, recover_dir
 from compress.measure.accuracy import accuracy
 from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
-from compress.supernet.checkpoint import META, load_supernet, save_supernet
+from compress.supernet.checkpoint import META, load_supernet, save_supernet, supernet_dir
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
 from compress.train.state import read_progress, save_training_state
-
-def supernet_dir(run_dir: Path) -> Path:
-    return run_dir / "supernet"
-
 
 def _state_dir(run_dir: Path) -> Path:
     return run_dir / "supernet-state"

@@ -1,4 +1,6 @@
-"""``compress export``: rebuild chosen trials with the search's own ``build_candidate`` and write artifacts."""
+"""The Python API: the pipeline glue that the CLI and the benchmark scripts call.
+
+Export: rebuild chosen trials with the search's own ``build_candidate`` and write artifacts."""
 
 from __future__ import annotations
 
