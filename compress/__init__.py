@@ -17,6 +17,17 @@ _EXPORTS = {
     "Policies": "compress.policies",
     "quantize_": "compress.deploy",
     "prune_": "compress.policies.prune",
+    # the pipeline (compress.api)
+    "Recipe": "compress.api",
+    "train_supernet": "compress.api",
+    "run_search": "compress.api",
+    "open_run": "compress.api",
+    "front": "compress.api",
+    "export_artifacts": "compress.api",
+    "run": "compress.api",
+    "distill": "compress.api",
+    "load_artifact": "compress.api",
+    "evaluate": "compress.api",
 }
 
 

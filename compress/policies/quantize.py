@@ -18,6 +18,7 @@ Backends (measured on the target, never assumed to pay):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 ORT_BACKENDS = ("ort-static", "ort-dynamic")
 BNB_BACKENDS = ("bnb-int8", "bnb-nf4")
@@ -157,24 +160,32 @@ def quantize_onnx(proto: onnx.ModelProto, model: nn.Module, policy: QuantPolicy,
         def get_next(self):
             return next(self._batches, None)
 
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing on every call
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            onnx.save(proto, src)
-            nodes = [r.node for r in chosen]
-            if policy.backend == "ort-dynamic":
-                quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
-                                 op_types_to_quantize=["MatMul", "Gemm"])
-            else:
-                quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_quantize=nodes, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
-            quantized = onnx.load(dst)
-    finally:
-        logging.getLogger().setLevel(quiet)
+    with _ort_quantizer_warnings_to_debug(), tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, src)
+        nodes = [r.node for r in chosen]
+        if policy.backend == "ort-dynamic":
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        else:
+            quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=nodes, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+        quantized = onnx.load(dst)
     return quantized, _int8_weights(quantized, chosen)
+
+
+@contextlib.contextmanager
+def _ort_quantizer_warnings_to_debug():
+    """ONNX Runtime's quantizer warns about pre-processing on every call through the module-level
+    ``logging.warning``, which also configures the root logger when nobody has. A library must not touch the
+    root logger, so for the duration of the call those warnings go to this module's logger at DEBUG level."""
+    original = logging.warning
+    logging.warning = lambda msg, *args, **kwargs: logger.debug("onnxruntime: " + str(msg), *args)
+    try:
+        yield
+    finally:
+        logging.warning = original
 
 
 def _int8_weights(proto: onnx.ModelProto, refs: list[WeightRef]) -> dict[str, dict[str, torch.Tensor]]:
