@@ -20,6 +20,7 @@ _EXPORTS = {
     # the pipeline (compress.api)
     "Recipe": "compress.api",
     "train_supernet": "compress.api",
+    "build_context": "compress.api",
     "run_search": "compress.api",
     "open_run": "compress.api",
     "front": "compress.api",

@@ -67,6 +67,20 @@ def train_supernet(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None
     return _train(loaded, loaded.run_dir(run_dir))
 
 
+def build_context(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *,
+                  supernet: str | Path | None = None):
+    """The trained supernet (trained now, or reused) and the ``BuildContext`` the search builds candidates
+    with: ``compress.search.candidate.build_candidate(context, spec)`` then gives exactly a trial's model.
+    Returns ``(loaded, checkpoint, context)``."""
+    from compress.search.loop import load_context
+    from compress.supernet.checkpoint import load_supernet
+
+    loaded = _loaded(recipe)
+    checkpoint_dir = Path(supernet) if supernet else train_supernet(loaded, run_dir)
+    checkpoint = load_supernet(checkpoint_dir)
+    return loaded, checkpoint, load_context(loaded, checkpoint)
+
+
 def run_search(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *, storage: str | None = None,
            study: str | None = None, supernet: str | Path | None = None) -> optuna.Study:
     """Run the recipe's search, or resume it: the study ends with the recipe's number of completed trials.
