@@ -433,7 +433,14 @@ def _resolve(value: str, base: Path, must_exist: bool = True) -> Path:
 def load_recipe(path: str | Path) -> LoadedRecipe:
     """Read and validate a recipe, and the search space it names. Raises :class:`RecipeError`."""
     path = Path(path)
-    data = read_yaml(path)
+    return recipe_from_dict(read_yaml(path), path)
+
+
+def recipe_from_dict(data: dict, path: str | Path) -> LoadedRecipe:
+    """Validate a recipe held in memory; ``path`` names it in errors and anchors its relative paths."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, not {type(data).__name__}")
     version = data.get("version")
     if version is None:
         raise RecipeError(f"{path}: version: required field is missing (this compress reads version {RECIPE_VERSION})")

@@ -26,6 +26,12 @@ META = "checkpoint.json"
 SPACE = "space.yaml"
 
 
+def supernet_dir(run_dir: Path) -> Path:
+    """Where a run directory keeps its supernet checkpoint (here, not in ``train``, so that search and
+    distillation can find it without importing the trainer)."""
+    return run_dir / "supernet"
+
+
 @dataclass
 class SupernetCheckpoint:
     supernet: HybridSupernet

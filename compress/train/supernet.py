@@ -11,8 +11,8 @@ and started again resumes from the last saved epoch. The final checkpoint is wri
 
 from __future__ import annotations
 
+import logging
 import json
-import math
 import random
 import shutil
 import sys
@@ -23,20 +23,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from compress.data import DatasetSplits, augment_batch, calibration_batches, make_loader
+from compress.data import DatasetSplits, augment_batch, make_loader, reference_batches
 from compress.errors import CompressError
 from compress.fsutil import ensure_writable_dir, recover_dir
 from compress.measure.accuracy import accuracy
+from compress.policies.distill import logit_kd_loss
+from compress.policies.finetune import warmup_cosine
 from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
-from compress.supernet.checkpoint import META, load_supernet, save_supernet
+from compress.supernet.checkpoint import META, load_supernet, save_supernet, supernet_dir
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
 from compress.train.state import read_progress, save_training_state
 
-def supernet_dir(run_dir: Path) -> Path:
-    return run_dir / "supernet"
-
+logger = logging.getLogger(__name__)
 
 def _state_dir(run_dir: Path) -> Path:
     return run_dir / "supernet-state"
@@ -60,21 +60,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _warmup_cosine(total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | None = None,
-                   log=print) -> Path:
+                   log=None) -> Path:
     """Train (or resume, or reuse) the recipe's supernet; return the checkpoint directory."""
+    log = log or logger.info  # progress goes to logging; the CLI shows it
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -108,7 +97,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
         raise CompressError(f"supernet.batch_size {cfg.batch_size} is larger than the training split "
                             f"({len(data.train)} images)")
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps, cfg.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, int(total_steps * cfg.warmup_fraction)))
     model, optimizer, scheduler = accelerator.prepare(supernet, optimizer, scheduler)
 
     start_epoch = 0
@@ -147,13 +136,12 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
                 supernet.set_active(largest)
                 teacher_logits = model(x)
                 loss = F.cross_entropy(teacher_logits, y, label_smoothing=cfg.label_smoothing)
-                soft = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+                soft_targets = teacher_logits.detach().float()
                 students = [space.sample_smallest(rng)] + [space.sample(rng) for _ in range(cfg.random_subnets)]
                 for arch in students:
                     supernet.set_active(arch)
                     logits = model(x).float()
-                    loss = loss + F.kl_div(F.log_softmax(logits / temperature, dim=-1), soft,
-                                           reduction="batchmean") * temperature**2
+                    loss = loss + logit_kd_loss(logits, soft_targets, temperature)
             if not torch.isfinite(loss):
                 raise CompressError(
                     f"supernet training loss became {loss.item()} at epoch {epoch + 1}; the last checkpoint "
@@ -205,7 +193,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
 
 def measure_extremes(supernet: HybridSupernet, data: DatasetSplits, bn_batches: int, seed: int = 0) -> dict[str, float]:
     """Val accuracy of the largest subnet and of the smallest subnet of each block family mix."""
-    batches = calibration_batches(data.train, bn_batches, batch_size=64, seed=seed)
+    batches = reference_batches(data.train, seed, bn=bn_batches).bn
     space = supernet.space
     points = {"largest": space.largest()}
     families = sorted({b for s in space.stages for b in s.blocks})
