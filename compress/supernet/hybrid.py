@@ -17,19 +17,31 @@ from compress.supernet.elastic import ElasticConvBNAct, ElasticLinear
 
 
 class ElasticStage(nn.Module):
-    """One stage: a shared down-sampling convolution, then the elastic blocks of each family the stage may
-    use (``families[name]``, built by that family's plugin), of which an architecture runs one."""
+    """One stage: a down-sampling convolution, then the elastic blocks of each family the stage may use
+    (``families[name]``, built by that family's plugin), of which an architecture runs one.
 
-    def __init__(self, spec: StageSpec, max_in: int):
+    The families never share block weights. With ``few_shot`` (few-shot NAS, split by block family) they do
+    not share the down-sampling convolution either, so no weight of a stage is trained by two families.
+    """
+
+    def __init__(self, spec: StageSpec, max_in: int, few_shot: bool = False):
         super().__init__()
         max_dim = max(spec.width)
-        self.downsample = ElasticConvBNAct(max_in, max_dim, 3, spec.stride)
+        names = spec.blocks if few_shot and len(spec.blocks) > 1 else ["shared"]
+        self.downsamples = nn.ModuleDict({n: ElasticConvBNAct(max_in, max_dim, 3, spec.stride) for n in names})
         self.families = nn.ModuleDict({
             name: get_family(name).elastic_blocks(spec.options(name), max_dim, max(spec.depth))
             for name in spec.blocks})
 
+    def downsample_of(self, block: str) -> ElasticConvBNAct:
+        return self.downsamples[block] if block in self.downsamples else self.downsamples["shared"]
+
+    @property
+    def stride(self) -> int:
+        return next(iter(self.downsamples.values())).stride
+
     def forward_tokens(self, x: torch.Tensor, arch: StageArch) -> tuple[torch.Tensor, int, int]:
-        return self.families[arch.block](self.downsample(x, arch.width), arch)
+        return self.families[arch.block](self.downsample_of(arch.block)(x, arch.width), arch)
 
     def forward(self, x: torch.Tensor, arch: StageArch) -> torch.Tensor:
         tokens, height, width = self.forward_tokens(x, arch)
@@ -37,13 +49,13 @@ class ElasticStage(nn.Module):
 
     def static_config(self, arch: StageArch) -> dict:
         """The :class:`HybridNet` config of this stage for ``arch``."""
-        return {"type": arch.block, "out": arch.width, "stride": self.downsample.stride,
+        return {"type": arch.block, "out": arch.width, "stride": self.stride,
                 "blocks": self.families[arch.block].static_blocks(arch)}
 
     def extract(self, in_ch: int, arch: StageArch, pool: bool) -> nn.Module:
         cfg = self.static_config(arch)
         static = get_family(arch.block).static_stage(in_ch, arch.width, cfg["stride"], cfg["blocks"], pool)
-        static.downsample = self.downsample.extract(in_ch, arch.width)
+        static.downsample = self.downsample_of(arch.block).extract(in_ch, arch.width)
         self.families[arch.block].extract_into(static, arch)
         return static
 
@@ -55,16 +67,17 @@ class HybridSupernet(nn.Module):
     parameters. ``extract_subnet`` turns the active slices into a standalone :class:`HybridNet`.
     """
 
-    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, mean: list[float], std: list[float]):
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, mean: list[float], std: list[float],
+                 few_shot: bool = False):
         super().__init__()
-        self.space = space
+        self.space, self.few_shot = space, few_shot
         self.in_channels, self.num_classes = in_channels, num_classes
         self.normalize = Normalize(mean, std)
         self.stem = ElasticConvBNAct(in_channels, max(space.stem.width), space.stem.kernel_size, space.stem.stride)
         self.stages = nn.ModuleList()
         max_in = max(space.stem.width)
         for spec in space.stages:
-            self.stages.append(ElasticStage(spec, max_in))
+            self.stages.append(ElasticStage(spec, max_in, few_shot))
             max_in = max(spec.width)
         self.classifier = ElasticLinear(max_in, num_classes)
         self.active: Arch = space.largest()
