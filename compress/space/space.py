@@ -271,9 +271,10 @@ class SearchSpace(_Strict):
 
     # -- canonical points --------------------------------------------------------------------------
 
-    def largest(self) -> Arch:
-        """Every range at its maximum; each stage uses its first-listed block family (the teacher)."""
-        return self._extreme(max, [s.blocks[0] for s in self.stages])
+    def largest(self, blocks: list[str] | None = None) -> Arch:
+        """Every range at its maximum; each stage uses its first-listed block family (the teacher) unless
+        ``blocks`` names one per stage."""
+        return self._extreme(max, blocks or [s.blocks[0] for s in self.stages])
 
     def smallest(self, blocks: list[str] | None = None) -> Arch:
         return self._extreme(min, blocks or [s.blocks[0] for s in self.stages])
