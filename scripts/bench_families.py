@@ -26,7 +26,7 @@ from compress.policies.quantize import REDUCE_RANGE, QuantPolicy, model_units
 from compress.recipe import load_recipe
 from compress.space import SearchSpace
 from compress.supernet import HybridSupernet, subnet_config
-from compress.train.finetune import finetune
+from compress.policies.finetune import finetune
 
 FAMILIES = ("attn", "gated_attn", "linear_attn")
 
