@@ -21,18 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import TrialState
+from typing import TYPE_CHECKING
 
 from compress.errors import CompressError
-from compress.export.artifact import write_artifact
-from compress.measure.accuracy import accuracy
-from compress.provenance import machine, package_versions
 from compress.recipe import LoadedRecipe, load_recipe, recipe_from_dict
-from compress.search.candidate import BuildContext, CandidateSpec, build_candidate, measure_candidate
-from compress.search.outputs import front as front_trials
-from compress.search.record import TrialRecord
-from compress.search.study import redact_url
+
+if TYPE_CHECKING:  # imported where used, so `compress train-supernet` starts as fast as before
+    import optuna
+
+    from compress.search.candidate import BuildContext
+    from compress.search.record import TrialRecord
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +121,12 @@ class Front:
 
 def front(source: optuna.Study | str | Path, *, storage: str | None = None, study: str | None = None) -> Front:
     """The front of a study, or of the study a run directory records."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from compress.search.outputs import front as front_trials
+    from compress.search.record import TrialRecord
+
     if isinstance(source, optuna.Study):
         study_obj = source
     else:
@@ -140,6 +144,9 @@ def front(source: optuna.Study | str | Path, *, storage: str | None = None, stud
 
 
 def select_trials(study: optuna.Study, trials: list[int] | None, pareto: bool) -> list[optuna.trial.FrozenTrial]:
+    from compress.search.outputs import front as front_trials
+    from compress.search.record import TrialRecord
+
     if pareto:
         chosen = front_trials(study)
         if not chosen:
@@ -160,6 +167,13 @@ def select_trials(study: optuna.Study, trials: list[int] | None, pareto: bool) -
 def export_trials(loaded: LoadedRecipe, context: BuildContext, study: optuna.Study, trials, out_dir: Path, *,
                   storage_url: str, supernet_key: str, log=None) -> list[Path]:
     """Rebuild each trial with the search's own ``build_candidate`` and write it as an artifact."""
+    from compress.export.artifact import write_artifact
+    from compress.measure.accuracy import accuracy
+    from compress.provenance import machine, package_versions
+    from compress.search.candidate import CandidateSpec, build_candidate, measure_candidate
+    from compress.search.record import TrialRecord
+    from compress.search.study import redact_url
+
     log = log or logger.info
     written = []
     for trial in trials:
@@ -318,6 +332,7 @@ def evaluate(artifact: str | Path, threads: int | None = None) -> Evaluation:
     """Re-measure an artifact on this machine: accuracy on the data it records, latency on its runtime."""
     from compress.data import load_dataset
     from compress.export.artifact import deployed_runner
+    from compress.measure.accuracy import accuracy
     from compress.measure.latency import example_input, measure_latency
 
     runner, config = deployed_runner(Path(artifact), threads=threads)
