@@ -65,6 +65,22 @@ def train_supernet(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None
     return _train(loaded, loaded.run_dir(run_dir))
 
 
+def check_ranking(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *, n: int = 8,
+                  steps: int = 300):
+    """Whether the trained supernet's inherited accuracy ranks ``n`` architectures like short stand-alone
+    training does (:mod:`compress.train.ranking_check`); returns a ``RankingCheck`` with a verdict."""
+    from compress.supernet.checkpoint import load_supernet
+    from compress.train.ranking_check import check_ranking as _check
+    from compress.train.supernet import supernet_dir
+
+    loaded = _loaded(recipe)
+    checkpoint = load_supernet(supernet_dir(loaded.run_dir(run_dir)))
+    cfg = loaded.recipe.supernet
+    return _check(checkpoint.supernet, loaded.load_data(), n=n, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                  seed=loaded.recipe.seed, bn_batches=cfg.bn_calibration_batches,
+                  crop_padding=loaded.recipe.data.augment.crop_padding, hflip=loaded.recipe.data.augment.hflip)
+
+
 def build_context(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *,
                   supernet: str | Path | None = None):
     """The trained supernet (trained now, or reused) and the ``BuildContext`` the search builds candidates

@@ -52,6 +52,12 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
 
     path = api.train_supernet(args.recipe, args.run_dir)
     _log(f"checkpoint: {path}")
+    if args.check_ranking:
+        check = api.check_ranking(args.recipe, args.run_dir, n=args.check_ranking, steps=args.check_steps)
+        for row in check.rows:
+            _log(f"  inherited {row['inherited']:.4f}  alone {row['standalone']:.4f}  {row['arch']}")
+        _log(f"ranking check over {len(check.rows)} architectures ({check.steps} stand-alone steps each): "
+             f"Spearman {check.spearman:.2f}, Kendall {check.kendall:.2f}; {check.verdict()}")
     return 0
 
 
@@ -146,6 +152,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compress",
@@ -162,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-supernet", help="train (or resume) the recipe's weight-sharing supernet")
     p.add_argument("recipe")
     p.add_argument("--run-dir", help="where checkpoints go (default: runs/<recipe name>)")
+    p.add_argument("--check-ranking", type=_positive, metavar="N", default=0,
+                   help="then check on N architectures whether inherited accuracy ranks like stand-alone training")
+    p.add_argument("--check-steps", type=_positive, default=300, help="stand-alone steps per architecture (300)")
     p.set_defaults(func=cmd_train_supernet)
 
     p = sub.add_parser("search", help="run or resume the multi-objective search (Optuna study)")
