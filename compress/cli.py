@@ -137,9 +137,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     test = accuracy(runner, data.test)
     target = config.target
     shape = (target.get("batch_size", 1), *config.input["shape"])
-    latency = measure_latency(runner, example_input(shape), warmup=target.get("warmup", 10),
-                              repeats=target.get("repeats", 50))
-    _log(f"{args.artifact} on {config.runtime} ({runner.device}, {runner.threads} thread(s), batch {shape[0]}):")
+    if args.device:
+        latency = _device_latency(args, config, shape, target.get("warmup", 10), target.get("repeats", 50))
+    else:
+        latency = measure_latency(runner, example_input(shape), warmup=target.get("warmup", 10),
+                                  repeats=target.get("repeats", 50))
+    _log(f"{args.artifact} on {config.runtime} ({latency.device}, {latency.threads} thread(s), batch {shape[0]}):")
     _log(f"  val accuracy  {val:.4f}   (recorded {recorded['accuracy']:.4f})")
     if "test_accuracy" in recorded:
         _log(f"  test accuracy {test:.4f}   (recorded {recorded['test_accuracy']:.4f})")
@@ -156,11 +159,45 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
     runner, config = deployed_runner(Path(args.artifact), threads=args.threads)
     shape = (args.batch_size, *config.input["shape"])
-    latency = measure_latency(runner, example_input(shape), warmup=args.warmup, repeats=args.repeats)
-    _log(f"{args.artifact}: {config.runtime} on {runner.device}, batch {shape[0]}, {runner.threads} thread(s): "
+    if args.device:
+        latency = _device_latency(args, config, shape, args.warmup, args.repeats)
+    else:
+        latency = measure_latency(runner, example_input(shape), warmup=args.warmup, repeats=args.repeats)
+    _log(f"{args.artifact}: {config.runtime} on {latency.device}, batch {shape[0]}, {latency.threads} thread(s): "
          f"median {latency.median_ms:.3f} ms, p90 {latency.p90_ms:.3f} ms, spread {100 * latency.spread:.1f}% "
          f"over {latency.repeats} runs")
     return 0
+
+
+def _device_latency(args: argparse.Namespace, config, shape: tuple[int, ...], warmup: int, repeats: int):
+    """Time an artifact's deployed file on a device server (``--device URL``); the token comes from the
+    environment variable ``--token-env`` names, never from the command line."""
+    from compress.export.artifact import ONNX, WEIGHTS, verify_artifact
+    from compress.measure.remote import RemoteDevice, RemoteModel, device_token
+
+    files = verify_artifact(Path(args.artifact), config)
+    threads = args.threads or int(config.target.get("threads", 1))
+    device_kind = config.target.get("remote_device", "cpu")
+    if config.runtime == "onnxruntime":
+        model = RemoteModel("onnxruntime", files[ONNX], threads, device_kind)
+    else:
+        model = RemoteModel("torch", files[WEIGHTS], threads, device_kind, config=config.model,
+                            quantization=config.quantization)
+    device = RemoteDevice(args.device, device_token(args.token_env), ca_file=args.device_ca)
+    try:
+        _log(f"device {args.device}: {device.fingerprint().get('cpu_model')}")
+        from compress.measure.remote import RemoteTimer
+
+        return RemoteTimer(device).latency(model, _Shape(shape), warmup=warmup, repeats=repeats)
+    finally:
+        device.close()
+
+
+class _Shape:
+    """An example input as far as a remote timer needs one: its shape (the device makes the tensor)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -213,6 +250,22 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_device_serve(args: argparse.Namespace) -> int:
+    from compress.serve.server import ServeError, serve
+
+    try:
+        return serve(args)
+    except ServeError as exc:
+        raise CompressError(str(exc)) from None
+
+
+def _device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="URL", help="time on the device server at URL (e.g. http://127.0.0.1:8765)")
+    p.add_argument("--token-env", default="COMPRESS_DEVICE_TOKEN",
+                   help="environment variable holding the device server's token (default COMPRESS_DEVICE_TOKEN)")
+    p.add_argument("--device-ca", help="CA certificate (PEM) of a device server that uses TLS")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compress",
@@ -255,18 +308,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine")
+    p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine "
+                                        "(or on a device server with --device)")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int)
+    _device_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("latency", help="time an artifact on this machine")
+    p = sub.add_parser("latency", help="time an artifact on this machine (or on a device server with --device)")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=200)
+    _device_arguments(p)
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("device", help="the device server that times models on a target device")
+    device_sub = p.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True)
+    from compress.serve.server import add_arguments
+
+    p = device_sub.add_parser("serve", help="run the device server on this machine (the target)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_device_serve)
 
     p = sub.add_parser("distill", help="fine-tune an artifact with a teacher (under `accelerate launch -m compress`)")
     p.add_argument("recipe")
