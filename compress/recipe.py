@@ -271,12 +271,20 @@ class SearchConfig(_Strict):
 
 
 class TargetConfig(_Strict):
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda", "remote"] = "cpu"
     runtime: str = "onnxruntime"
     batch_size: int = Field(default=1, ge=1, le=4096)
     threads: int = Field(default=1, ge=1, le=256)
     warmup: int = Field(default=10, ge=0, le=10_000)
     repeats: int = Field(default=50, ge=3, le=100_000)
+    # device: remote -- latency measured by a device server (compress device serve) on the target itself.
+    url: str | None = Field(default=None, description="the device server, http(s)://host:port")
+    token_env: str = Field(default="COMPRESS_DEVICE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="environment variable holding the server's token (never the token itself)")
+    remote_device: Literal["cpu", "cuda"] = Field(default="cpu", description="what the server times on")
+    ca_file: str | None = Field(default=None, description="CA certificate of a TLS device server")
+    request_timeout_s: float = Field(default=1800.0, gt=0, description="one measurement, queue wait included")
+    device_wait_s: float = Field(default=600.0, ge=0, description="how long a search waits for a device that went away")
 
     @field_validator("runtime")
     @classmethod
@@ -284,6 +292,22 @@ class TargetConfig(_Strict):
         if v not in RUNTIMES:
             raise ValueError(f"unknown runtime; expected one of {list(RUNTIMES)}")
         return v
+
+    @model_validator(mode="after")
+    def _remote(self) -> "TargetConfig":
+        if self.device == "remote" and not self.url:
+            raise ValueError("url: a remote device needs the URL of its device server (compress device serve)")
+        if self.url is not None:
+            if self.device != "remote":
+                raise ValueError(f"url: given, but device is {self.device!r}; set device: remote to time there")
+            if not re.fullmatch(r"https?://[^\s/@]+(:\d+)?/?", self.url):
+                raise ValueError(f"url: {self.url!r} is not http(s)://host:port (no path, no credentials)")
+        return self
+
+    @property
+    def local_device(self) -> str:
+        """Where candidates are built and their accuracy measured: this machine's CPU for a remote target."""
+        return "cpu" if self.device == "remote" else self.device
 
 
 class ExportConfig(_Strict):

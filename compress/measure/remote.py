@@ -162,6 +162,9 @@ class RemoteTimer:
     def __init__(self, device: RemoteDevice, device_kind: str = "cpu"):
         self.device, self.device_kind = device, device_kind
 
+    def runner_for_bytes(self, onnx_bytes: bytes, threads: int) -> RemoteModel:
+        return RemoteModel("onnxruntime", onnx_bytes, threads, self.device_kind)
+
     def runner(self, deployable, threads: int) -> RemoteModel:
         if deployable.runtime == "onnxruntime":
             return RemoteModel("onnxruntime", deployable.onnx_bytes(), threads, self.device_kind)

@@ -29,9 +29,8 @@ from compress.measure.latency import (
     Reference,
     RelativeLatency,
     example_input,
-    measure_latency,
-    measure_latency_against,
 )
+from compress.measure.timer import LatencyTimer, LocalTimer, make_timer
 from compress.measure.macs import count_macs
 from compress.nn.net import HybridNet
 from compress.policies import Policies, QuantPolicy
@@ -73,6 +72,7 @@ class BuildContext:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     teacher_factory: Callable[[], torch.nn.Module] | None = None
     reference_ms: float | None = None  # the reference's anchored latency (from the study, or measured once)
+    timer: LatencyTimer = field(default_factory=LocalTimer)  # where latency is measured (here, or a device server)
     _teacher: torch.nn.Module | None = None
     _reference: Reference | None = None
 
@@ -95,6 +95,7 @@ class BuildContext:
             eval_batch_size=eval_batch_size,
             augment=augment or AugmentConfig(),
             teacher_factory=teacher_factory,
+            timer=make_timer(target),
         )
 
     def teacher(self) -> torch.nn.Module:
@@ -113,11 +114,13 @@ class BuildContext:
         """
         if self._reference is None:
             model = calibrated_subnet(self.supernet, self.supernet.space.largest(), self.bn_batches)
-            runner = lower(model, self.target.runtime, QuantPolicy(), [], self.input_shape,
-                           device=self.target.device).runner(threads=self.target.threads)
+            deployable = lower(model, self.target.runtime, QuantPolicy(), [], self.input_shape,
+                               device=self.target.local_device)
+            runner = self.timer.runner(deployable, self.target.threads)
             if self.reference_ms is None:
-                self.reference_ms = measure_latency(runner, example_input(self.input_shape), warmup=self.target.warmup,
-                                                    repeats=max(300, 3 * self.target.repeats), rounds=15).median_ms
+                self.reference_ms = self.timer.latency(runner, example_input(self.input_shape),
+                                                       warmup=self.target.warmup,
+                                                       repeats=max(300, 3 * self.target.repeats), rounds=15).median_ms
             self._reference = Reference(runner, self.reference_ms)
         return self._reference
 
@@ -180,14 +183,15 @@ def build_candidate(context: BuildContext, spec: CandidateSpec) -> Candidate:
                  teacher=context.teacher(), policy=d, crop_padding=aug.crop_padding, hflip=aug.hflip)
         recalibrate_bn(model, context.bn_batches)
     deployable = lower(model, context.target.runtime, spec.policies.quant, context.calibration,
-                       context.input_shape, device=context.target.device)
+                       context.input_shape, device=context.target.local_device)
     if spec.policies.quant.enabled and not deployable.quantization_record()["int8_layers"]:
         notes["quant"] = "no layer of the chosen units can be quantized by this backend; the model stays fp32"
     return Candidate(spec, model, deployable, notes)
 
 
 def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits, target: TargetConfig,
-            eval_batch_size: int = 256, reference: Reference | None = None) -> Metrics:
+            eval_batch_size: int = 256, reference: Reference | None = None,
+            timer: LatencyTimer | None = None) -> Metrics:
     """Accuracy on the val split, latency on the target, size of the deployed file (of any deployable).
 
     With a ``reference``, latency is drift-corrected (see :mod:`compress.measure.latency`); without, raw.
@@ -195,12 +199,13 @@ def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits,
     shape = deployable.input_shape
     # Accuracy does not depend on thread count; measure it with all cores, latency with the target's.
     acc = accuracy(deployable.runner(threads=max(1, torch.get_num_threads())), data.val, eval_batch_size)
-    runner, example = deployable.runner(threads=target.threads), example_input(shape)
+    timer = timer or make_timer(target)
+    runner, example = timer.runner(deployable, target.threads), example_input(shape)
     if reference is None:
-        latency = measure_latency(runner, example, warmup=target.warmup, repeats=target.repeats)
+        latency = timer.latency(runner, example, warmup=target.warmup, repeats=target.repeats)
         median, p90 = latency.median_ms, latency.p90_ms
     else:
-        latency = measure_latency_against(runner, reference, example, warmup=target.warmup, repeats=target.repeats)
+        latency = timer.latency_against(runner, reference, example, warmup=target.warmup, repeats=target.repeats)
         scale = reference.latency_ms / latency.reference_median_ms  # the drift of this measurement, undone
         median, p90 = latency.anchored_ms, latency.latency.p90_ms * scale
     return Metrics(
@@ -216,4 +221,4 @@ def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits,
 
 def measure_candidate(candidate: Candidate, context: BuildContext) -> Metrics:
     return measure(candidate.model, candidate.deployable, context.data, context.target, context.eval_batch_size,
-                   reference=context.reference())
+                   reference=context.reference(), timer=context.timer)

@@ -23,7 +23,9 @@ from compress.errors import CheckpointError, CompressError, TrialError
 from compress.fsutil import ensure_writable_dir
 from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
+from compress.measure.remote import DeviceUnavailable
 from compress.search.candidate import BuildContext, build_candidate, measure_candidate
+from compress.search.device import DEVICE_FAILURE_ATTR, requeue_after_device_failure, wait_for_device
 from compress.search.outputs import BASELINE_ATTR, write_outputs
 from compress.search.study import (
     WORKER_ATTR,
@@ -143,6 +145,8 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrialError) else str(exc)
             trial.set_user_attr("fail_reason", reason[:2000])
+            if isinstance(exc, DeviceUnavailable):
+                trial.set_user_attr(DEVICE_FAILURE_ATTR, exc.kind)
             raise
         values = metrics.objectives()
         if not all(math.isfinite(values[m]) for m in objectives):
@@ -178,9 +182,15 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             if trial.number in reported or trial.user_attrs.get(WORKER_ATTR, {}).get("pid") != me["pid"]:
                 continue
             reported.add(trial.number)
-            failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+            device_failed = trial.state == TrialState.FAIL and DEVICE_FAILURE_ATTR in trial.user_attrs
+            # A device that went away is not the candidates' fault: those failures do not count towards stopping.
+            failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL and not device_failed else 0
             if not interactive or trial.state == TrialState.FAIL:
                 log(_trial_line(trial, time.time() - started))
+            if device_failed:
+                if requeue_after_device_failure(study, trial):
+                    log(f"trial {trial.number}: queued again (its device was unavailable)")
+                wait_for_device(context.timer, recipe.target.device_wait_s, log=log)
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
                 bar.close()
                 write_outputs(study, run_dir, loaded)

@@ -197,7 +197,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     shape = (target.batch_size, data.in_channels, data.image_size, data.image_size)
     calibration = calibration_batches(data.train, loaded.recipe.search.policies.quantize.calibration_batches,
                                       batch_size=32, seed=loaded.recipe.seed + 1)
-    deployable = lower(trained, student_cfg.runtime, policies.quant, calibration, shape, device=target.device)
+    deployable = lower(trained, student_cfg.runtime, policies.quant, calibration, shape, device=target.local_device)
     metrics = measure(trained, deployable, data, target)
     test_acc = accuracy(deployable.runner(threads=1), data.test)
     from compress.space import Arch

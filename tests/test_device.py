@@ -1,0 +1,211 @@
+"""The device server and its client: real server processes on 127.0.0.1, bad clients, searches that time
+candidates on the device, a device that goes away mid-study."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compress.errors import CompressError
+from compress.measure.latency import Reference, measure_latency
+from compress.measure.remote import DeviceUnavailable, ModelRejected, RemoteDevice, RemoteModel, RemoteTimer
+from compress.measure.runtime import OrtRunner
+from compress.serve.token import load_or_create_token, token_matches
+from tests.device_server import measurement_intervals, start_server
+
+SHAPE = (1, 3, 16, 16)
+
+
+def mlp_onnx(width: int = 64, seed: int = 0) -> bytes:
+    """A small real model: flatten -> matmul -> relu -> matmul (weights make its size, ``width`` its cost)."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((768, width)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((width, 4)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["logits"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(SHAPE))],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])], [w1, w2])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def endless_onnx() -> bytes:
+    """A valid model that runs (practically) forever: a Loop of 10^15 iterations."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Relu", ["v_in"], ["v_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("v_in", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, list(SHAPE))])
+    nodes = [helper.make_node("Loop", ["trips", "cond", "input"], ["output"], body=body)]
+    graph = helper.make_graph(nodes, "endless", [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(SHAPE))],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(SHAPE))],
+                              [numpy_helper.from_array(np.array(10**15, dtype=np.int64), "trips"),
+                               numpy_helper.from_array(np.array(True), "cond")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class Example:
+    shape = SHAPE
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("device")
+    srv = start_server(tmp / "state", tmp / "server.log", "--max-upload-mb", "2", "--time-limit-s", "20")
+    yield srv
+    srv.stop()
+
+
+def raw(server, method: str, path: str, token: str | None = "server", **kwargs) -> httpx.Response:
+    headers = kwargs.pop("headers", {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {server.token if token == 'server' else token}"
+    return httpx.request(method, server.url + path, headers=headers, timeout=60, **kwargs)
+
+
+def still_serves(server) -> None:
+    """After every bad client: the server answers and still times a good model."""
+    assert server.proc.poll() is None
+    device = RemoteDevice(server.url, server.token)
+    answer = device.measure(RemoteModel("onnxruntime", mlp_onnx(), 1, "cpu"), shape=SHAPE, warmup=1, repeats=3,
+                            rounds=1)
+    assert answer["latency"]["repeats"] == 3 and answer["latency"]["median_ms"] > 0
+    device.close()
+
+
+# --- the token ---------------------------------------------------------------------------------------------
+
+
+def test_token_is_made_once_private_and_compared_whole(tmp_path):
+    token, created = load_or_create_token(tmp_path / "dir" / "token")
+    assert created and len(token) >= 32
+    assert (tmp_path / "dir" / "token").stat().st_mode & 0o777 == 0o600
+    again, created = load_or_create_token(tmp_path / "dir" / "token")
+    assert again == token and not created
+    assert token_matches(token, token) and not token_matches(token[:-1], token) and not token_matches("", token)
+    os.chmod(tmp_path / "dir" / "token", 0o644)
+    from compress.serve.token import TokenFileError
+
+    with pytest.raises(TokenFileError, match="readable by others"):
+        load_or_create_token(tmp_path / "dir" / "token")
+
+
+def test_server_imports_no_training_stack():
+    """The device needs ONNX Runtime, not PyTorch, optuna or the pruning library."""
+    code = ("import sys, compress.serve.server, compress.serve.app, compress.serve.child; "
+            "bad = {'torch', 'optuna', 'torch_pruning', 'onnx', 'accelerate'} & set(sys.modules); "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- bad clients: each a clear status and message, and the server keeps serving ------------------------------
+
+
+def test_no_token_and_wrong_token_are_refused(server):
+    r = raw(server, "GET", "/device", token=None)
+    assert r.status_code == 401 and "missing token" in r.json()["error"]
+    r = raw(server, "GET", "/device", token="x" * 43)
+    assert r.status_code == 403 and r.json()["error"] == "wrong token"
+    r = raw(server, "GET", "/device", token=None, headers={"Authorization": f"Basic {server.token}"})
+    assert r.status_code == 403
+    assert raw(server, "GET", "/health", token=None).json() == {"status": "ok"}
+    with pytest.raises(DeviceUnavailable, match="refused: wrong token"):
+        RemoteDevice(server.url, "not-the-token").fingerprint()
+    still_serves(server)
+
+
+def test_oversized_upload_is_refused(server):
+    blob = os.urandom(3 * 2**20)
+    import hashlib
+
+    r = raw(server, "PUT", f"/models/{hashlib.sha256(blob).hexdigest()}", content=blob)
+    assert r.status_code == 413 and "limit of 2097152 bytes" in r.json()["error"]
+    # No Content-Length (chunked): cut off while streaming.
+    r = raw(server, "PUT", f"/models/{hashlib.sha256(blob).hexdigest()}", content=iter([blob[:2**20], blob[2**20:]]))
+    assert r.status_code == 413
+    with pytest.raises(ModelRejected, match="refused the model"):
+        RemoteDevice(server.url, server.token).upload(RemoteModel("onnxruntime", blob, 1, "cpu"))
+    still_serves(server)
+
+
+def test_a_file_that_is_not_a_model_fails_that_request(server):
+    device = RemoteDevice(server.url, server.token)
+    with pytest.raises(ModelRejected, match="not an ONNX model ONNX Runtime can load"):
+        device.measure(RemoteModel("onnxruntime", b"this is not a model" * 10, 1, "cpu"), shape=SHAPE, warmup=1,
+                       repeats=3, rounds=1)
+    still_serves(server)
+
+
+def test_a_model_that_runs_forever_is_stopped_at_the_time_limit(server):
+    device = RemoteDevice(server.url, server.token)
+    started = time.monotonic()
+    with pytest.raises(ModelRejected, match="exceeded the server's time limit of 20 s"):
+        device.measure(RemoteModel("onnxruntime", endless_onnx(), 1, "cpu"), shape=SHAPE, warmup=1, repeats=3,
+                       rounds=1)
+    assert 20 <= time.monotonic() - started < 60
+    still_serves(server)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"{not json", 400, "the body is not JSON"),
+    (json.dumps({"model": {"sha256": "0" * 64}}).encode(), 400, "shape: Field required"),
+    (json.dumps({"model": {"sha256": "xyz"}, "shape": [1, 3]}).encode(), 400, "model.sha256"),
+    (json.dumps({"model": {"sha256": "0" * 64}, "shape": [1, 3], "threads": 0}).encode(), 400, "threads"),
+    (json.dumps({"model": {"sha256": "0" * 64}, "shape": [100000, 100000]}).encode(), 400, "exceeds the bound"),
+    (json.dumps({"model": {"sha256": "0" * 64}, "shape": [1, 3], "extra": 1}).encode(), 400, "extra"),
+    (json.dumps({"model": {"sha256": "0" * 64}, "shape": [1, 3]}).encode(), 404, "not uploaded"),
+])
+def test_malformed_requests_are_named(server, body, status, message):
+    r = raw(server, "POST", "/measure", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status and message in r.json()["error"], r.text
+    r = raw(server, "PUT", "/models/not-a-hash", content=b"abc")
+    assert r.status_code == 400 and "is not a sha256" in r.json()["error"]
+    r = raw(server, "PUT", "/models/" + "0" * 64, content=b"abc")
+    assert r.status_code == 400 and "does not match its name" in r.json()["error"]
+    assert raw(server, "GET", "/health", token=None).status_code == 200
+
+
+# --- measurements ------------------------------------------------------------------------------------------
+
+
+def test_remote_timing_is_the_local_method_with_the_device_named(server):
+    device = RemoteDevice(server.url, server.token)
+    timer = RemoteTimer(device)
+    small, large = timer.runner_for_bytes(mlp_onnx(16), 1), timer.runner_for_bytes(mlp_onnx(512, seed=1), 1)
+    lat = timer.latency(small, Example(), warmup=2, repeats=20, rounds=4)
+    assert lat.repeats == 20 and len(lat.round_medians_ms) == 4 and lat.batch_size == 1 and lat.threads == 1
+    assert lat.runtime == "onnxruntime" and server.url in lat.device and lat.p90_ms >= lat.median_ms >= lat.min_ms
+    # Against a reference on the device: the ratio is computed there, the anchored figure here.
+    rel = timer.latency_against(large, Reference(small, 0.5), Example(), warmup=2, repeats=20, rounds=4)
+    assert rel.ratio > 1.5 and rel.anchored_ms == pytest.approx(rel.ratio * 0.5)
+    # The same request again comes from the cache: same figures, flagged.
+    first = device.measure(small, shape=SHAPE, warmup=2, repeats=20, rounds=4)
+    assert first["cached"] and first["latency"]["median_ms"] == lat.median_ms
+    fingerprint = device.fingerprint()
+    assert fingerprint["cpu_count"] == os.cpu_count() and "onnxruntime" in fingerprint["versions"]
+    assert first["fingerprint"] == fingerprint
+    device.close()
+
+
+def test_the_token_never_reaches_the_log(server):
+    RemoteDevice(server.url, server.token).fingerprint()
+    assert server.token not in server.log.read_text()
+    assert "measure start id=" in server.log.read_text()
+
+
+def test_unreachable_device_is_named():
+    with pytest.raises(DeviceUnavailable, match="unreachable"):
+        RemoteDevice("http://127.0.0.1:9", "t" * 40, connect_timeout_s=2).fingerprint()
