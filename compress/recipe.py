@@ -40,6 +40,19 @@ QUANT_BACKENDS = {
     "torch": ("bnb-int8", "bnb-nf4"),
 }
 PRUNE_IMPORTANCE = ("magnitude", "taylor")
+# Latency on a further device of target.devices: "latency_ms@board" (one objective per device).
+PER_DEVICE_METRICS = ("latency_ms", "latency_p90_ms")
+_DEVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
+def metric_base(metric: str) -> str:
+    """``latency_ms@board`` -> ``latency_ms``; other names unchanged (unknown ones stay unknown)."""
+    base, at, device = metric.partition("@")
+    return base if at and base in PER_DEVICE_METRICS and re.fullmatch(_DEVICE_NAME, device) else metric
+
+
+def metric_device(metric: str) -> str | None:
+    return metric.partition("@")[2] or None
 
 
 class _Strict(BaseModel):
@@ -110,16 +123,17 @@ class ObjectiveConfig(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric; expected one of {sorted(METRICS)}")
+        if metric_base(v) not in METRICS:
+            raise ValueError(f"unknown metric; expected one of {sorted(METRICS)} (or latency_ms@DEVICE for a "
+                             "device of target.devices)")
         return v
 
     @property
     def resolved_direction(self) -> str:
-        return self.direction or METRICS[self.metric]
+        return self.direction or METRICS[metric_base(self.metric)]
 
 
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*(?:@[A-Za-z0-9_-]+)?)\s*(<=|>=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
 
 
 class ConstraintConfig(_Strict):
@@ -142,7 +156,7 @@ class ConstraintConfig(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METRICS:
+        if metric_base(v) not in METRICS:
             raise ValueError(f"constraint on unknown metric {v!r}; expected one of {sorted(METRICS)}")
         return v
 
@@ -270,6 +284,15 @@ class SearchConfig(_Strict):
         return self
 
 
+class RemoteDeviceConfig(_Strict):
+    """A further device of ``target.devices``: timed through its device server like ``device: remote``."""
+
+    url: str = Field(pattern=r"^https?://[^\s/@]+(:\d+)?/?$")
+    token_env: str = Field(default="COMPRESS_DEVICE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    remote_device: Literal["cpu", "cuda"] = "cpu"
+    ca_file: str | None = None
+
+
 class TargetConfig(_Strict):
     device: Literal["cpu", "cuda", "remote"] = "cpu"
     runtime: str = "onnxruntime"
@@ -285,6 +308,8 @@ class TargetConfig(_Strict):
     ca_file: str | None = Field(default=None, description="CA certificate of a TLS device server")
     request_timeout_s: float = Field(default=1800.0, gt=0, description="one measurement, queue wait included")
     device_wait_s: float = Field(default=600.0, ge=0, description="how long a search waits for a device that went away")
+    devices: dict[str, RemoteDeviceConfig] = Field(
+        default_factory=dict, description="further devices, each measured for the objectives latency_ms@NAME")
 
     @field_validator("runtime")
     @classmethod
@@ -303,6 +328,14 @@ class TargetConfig(_Strict):
             if not re.fullmatch(r"https?://[^\s/@]+(:\d+)?/?", self.url):
                 raise ValueError(f"url: {self.url!r} is not http(s)://host:port (no path, no credentials)")
         return self
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, v: dict) -> dict:
+        bad = [name for name in v if not re.fullmatch(_DEVICE_NAME, name)]
+        if bad:
+            raise ValueError(f"device names {bad} must be letters, digits, '_' or '-'")
+        return v
 
     @property
     def local_device(self) -> str:
@@ -352,6 +385,11 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":
+        named = [m.metric for m in self.search.objectives] + [c.metric for c in self.search.constraints]
+        unknown = sorted({metric_device(m) for m in named if metric_device(m)} - set(self.target.devices))
+        if unknown:
+            raise ValueError(f"search names device(s) {unknown} (metric@device), which target.devices does not "
+                             f"declare (declared: {sorted(self.target.devices)})")
         backends = self.search.policies.quantize.backends
         allowed = QUANT_BACKENDS[self.target.runtime]
         if backends is not None:

@@ -209,3 +209,187 @@ def test_the_token_never_reaches_the_log(server):
 def test_unreachable_device_is_named():
     with pytest.raises(DeviceUnavailable, match="unreachable"):
         RemoteDevice("http://127.0.0.1:9", "t" * 40, connect_timeout_s=2).fingerprint()
+
+
+# --- recipes that name a device ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"device": "remote"}, "url: a remote device needs the URL"),
+    ({"device": "cpu", "url": "http://127.0.0.1:8765"}, "set device: remote"),
+    ({"device": "remote", "url": "ftp://host:1"}, "is not http(s)://host:port"),
+    ({"device": "remote", "url": "http://user:pw@host:1"}, "is not http(s)://host:port"),
+    ({"device": "remote", "url": "http://h:1", "token_env": "not a name"}, "token_env"),
+])
+def test_remote_target_is_validated(tmp_path, target, message):
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, target=target)
+    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(recipe)], capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def remote_target(server, **extra) -> dict:
+    return {"device": "remote", "url": server.url, "token_env": "TEST_DEVICE_TOKEN", **extra}
+
+
+def device_env(server) -> dict:
+    return {**os.environ, "TEST_DEVICE_TOKEN": server.token}
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.slow
+def test_search_export_and_latency_on_the_device(tiny_run, tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    from compress.recipe import load_recipe
+    from compress.rundir import save_run_info
+    from compress.search.loop import REFERENCE_ATTR, run_search
+
+    srv = start_server(tmp_path / "state", tmp_path / "server.log")
+    try:
+        recipe = tiny_run(target=remote_target(srv), search={"n_trials": 3, "sampler": {"name": "random"}})
+        loaded = load_recipe(recipe)
+        monkeypatch.delenv("TEST_DEVICE_TOKEN", raising=False)
+        with pytest.raises(CompressError, match="TEST_DEVICE_TOKEN is not set"):
+            run_search(loaded, loaded.run_dir(), log=lambda *_: None)
+        monkeypatch.setenv("TEST_DEVICE_TOKEN", srv.token)
+        study = run_search(loaded, loaded.run_dir(), log=lambda *_: None)
+        done = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(done) == 3
+        for t in done:  # timed on the device, against the reference timed there too
+            latency = t.user_attrs["metrics"]["latency"]
+            assert srv.url in latency["device"] and latency["method"] == "relative to reference"
+        # Reference anchor (1) + one per trial, all logged by the server.
+        assert len(measurement_intervals(srv.log)) >= 4 and study.user_attrs[REFERENCE_ATTR] > 0
+
+        run_dir = loaded.run_dir()
+        save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
+        proc = cli("export", str(run_dir), "--trial", str(done[0].number), env=device_env(srv))
+        assert proc.returncode == 0, proc.stderr
+        artifact = next((run_dir / "artifacts").iterdir())
+        proc = cli("latency", str(artifact), "--device", srv.url, "--token-env", "TEST_DEVICE_TOKEN", "--repeats", "20",
+                   env=device_env(srv))
+        assert proc.returncode == 0 and f"on {srv.url}" in proc.stdout and "median" in proc.stdout, proc.stderr
+        proc = cli("evaluate", str(artifact), "--device", srv.url, "--token-env", "TEST_DEVICE_TOKEN",
+                   env=device_env(srv))
+        assert proc.returncode == 0 and f"on {srv.url}" in proc.stdout, proc.stderr
+        proc = cli("latency", str(artifact), "--device", srv.url, "--token-env", "NO_SUCH_VARIABLE")
+        assert proc.returncode == 2 and "NO_SUCH_VARIABLE is not set" in proc.stderr
+
+        # The token is in no file the search, export or server wrote (its own token file aside).
+        for path in [*run_dir.rglob("*"), srv.log]:
+            if path.is_file():
+                assert srv.token.encode() not in path.read_bytes(), path
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_workers_sharing_one_device_never_time_concurrently(tiny_run, tmp_path):
+    srv = start_server(tmp_path / "state", tmp_path / "server.log")
+    try:
+        recipe = tiny_run(target=remote_target(srv), search={"n_trials": 6, "sampler": {"name": "random"}})
+        workers = [subprocess.Popen([sys.executable, "-m", "compress", "search", str(recipe)], env=device_env(srv),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+        outputs = [w.communicate(timeout=1200)[0] for w in workers]
+        assert all(w.returncode == 0 for w in workers), outputs
+        intervals = measurement_intervals(srv.log)
+        assert len(intervals) >= 7  # the reference's anchor and six trials at least
+        for (s1, e1), (s2, e2) in zip(intervals, intervals[1:]):
+            assert s1 < e1 <= s2 < e2, (s1, e1, s2, e2)
+        # Several workers measured on the device (each reports the trials it ran), and queued for it.
+        assert sum(" latency " in out for out in outputs) >= 2, outputs
+        assert srv.token not in "".join(outputs)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_a_device_killed_mid_study_fails_the_trial_and_the_study_resumes(tiny_run, tmp_path):
+    from optuna.trial import TrialState
+
+    from compress.recipe import load_recipe
+    from compress.search.device import DEVICE_FAILURE_ATTR
+    from compress.search.study import load_existing_study, make_storage
+
+    srv = start_server(tmp_path / "state", tmp_path / "server.log")
+    recipe = tiny_run(target=remote_target(srv, device_wait_s=300), search={"n_trials": 6, "sampler": {"name": "random"}})
+    log = tmp_path / "search.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "compress", "search", str(recipe)], env=device_env(srv),
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while len(measurement_intervals(srv.log)) < 3 and time.time() < deadline and worker.poll() is None:
+            time.sleep(0.2)
+        assert len(measurement_intervals(srv.log)) >= 3, log.read_text()
+        srv.proc.kill()  # the device goes away mid-study (reference and two trials measured)
+        srv.proc.wait()
+        while "waiting up to" not in log.read_text() and time.time() < deadline and worker.poll() is None:
+            time.sleep(0.2)
+        assert "waiting up to" in log.read_text(), log.read_text()
+        srv = start_server(tmp_path / "state", tmp_path / "server.log", port=srv.port)  # back, same port and token
+        assert worker.wait(timeout=600) == 0, log.read_text()
+    finally:
+        worker.kill()
+        srv.stop()
+    loaded = load_recipe(recipe)
+    study = load_existing_study(make_storage(f"sqlite:///{loaded.run_dir() / 'study.db'}"), "tiny")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+    assert failed and all(t.user_attrs[DEVICE_FAILURE_ATTR] == "unreachable" for t in failed)
+    assert all("unreachable" in t.user_attrs["fail_reason"] for t in failed)
+    retried = [t for t in study.trials if t.user_attrs.get("compress.retry_of") in {f.number for f in failed}]
+    assert len(retried) == len(failed) and all(t.state == TrialState.COMPLETE for t in retried)
+    assert "is back; resuming" in log.read_text()
+
+
+@pytest.mark.slow
+def test_two_devices_are_two_latency_objectives(tiny_run, tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    from compress.recipe import load_recipe
+    from compress.search.loop import REFERENCE_ATTR, run_search
+
+    board = start_server(tmp_path / "board", tmp_path / "board.log")
+    edge = start_server(tmp_path / "edge", tmp_path / "edge.log")
+    try:
+        monkeypatch.setenv("BOARD_TOKEN", board.token)
+        monkeypatch.setenv("EDGE_TOKEN", edge.token)
+        recipe = tiny_run(
+            target={"devices": {"board": {"url": board.url, "token_env": "BOARD_TOKEN"},
+                                "edge": {"url": edge.url, "token_env": "EDGE_TOKEN"}}},
+            search={"n_trials": 3, "sampler": {"name": "random"},
+                    "objectives": ["accuracy", "latency_ms@board", "latency_ms@edge"],
+                    "constraints": ["latency_ms@edge <= 1000"]})
+        loaded = load_recipe(recipe)
+        study = run_search(loaded, loaded.run_dir(), log=lambda *_: None)
+        assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+        done = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(done) == 3
+        for t in done:
+            metrics = t.user_attrs["metrics"]
+            assert t.values[1] == metrics["per_device"]["latency_ms@board"] > 0
+            assert t.values[2] == metrics["per_device"]["latency_ms@edge"] > 0
+            assert board.url in metrics["device_latency"]["board"]["device"] or "board" in \
+                metrics["device_latency"]["board"]["device"]
+        for name, srv in (("board", board), ("edge", edge)):
+            assert study.user_attrs[f"{REFERENCE_ATTR}@{name}"] > 0
+            assert len(measurement_intervals(srv.log)) >= 4  # its reference anchor and one per trial
+        header = (loaded.run_dir() / "trials.csv").read_text().splitlines()[0]
+        assert "latency_ms@board" in header and "latency_ms@edge" in header
+    finally:
+        board.stop()
+        edge.stop()
+
+
+def test_objectives_may_only_name_declared_devices(tmp_path):
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, search={"objectives": ["accuracy", "latency_ms@board"]})
+    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(recipe)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "which target.devices does not declare" in proc.stderr, proc.stderr

@@ -37,8 +37,18 @@ def make_timer(target) -> LatencyTimer:
     """The timer a recipe's ``target`` section asks for (``device: remote`` times on its device server)."""
     if getattr(target, "device", "cpu") != "remote":
         return LocalTimer()
+    return _remote_timer(target, target.request_timeout_s)
+
+
+def device_timers(target) -> dict[str, LatencyTimer]:
+    """One timer per further device of ``target.devices`` (the objectives ``latency_ms@NAME``)."""
+    return {name: _remote_timer(device, target.request_timeout_s, name=name)
+            for name, device in getattr(target, "devices", {}).items()}
+
+
+def _remote_timer(config, timeout_s: float, name: str | None = None):
     from compress.measure.remote import RemoteDevice, RemoteTimer, device_token
 
-    device = RemoteDevice(target.url, device_token(target.token_env), timeout_s=target.request_timeout_s,
-                          ca_file=target.ca_file)
-    return RemoteTimer(device, device_kind=target.remote_device)
+    device = RemoteDevice(config.url, device_token(config.token_env), timeout_s=timeout_s, ca_file=config.ca_file,
+                          name=name)
+    return RemoteTimer(device, device_kind=config.remote_device)

@@ -29,12 +29,15 @@ def requeue_after_device_failure(study: optuna.Study, trial) -> bool:
     return True
 
 
-def wait_for_device(timer, seconds: float, log=print) -> None:
-    """Block until the device server answers again; raise if it does not within ``seconds``."""
-    name = timer.device.name
-    log(f"device {name} unavailable; waiting up to {seconds:.0f} s for it to come back")
-    if not timer.wait_until_back(seconds):
-        raise CompressError(f"device {name} did not come back within target.device_wait_s = {seconds:g} s. "
-                            "Completed trials are kept and the interrupted one is queued again: run the same "
-                            "`compress search` when the device is back to resume.")
-    log(f"device {name} is back; resuming")
+def wait_for_devices(timers, seconds: float, log=print) -> None:
+    """Block until every device server of the study answers again; raise if one does not within ``seconds``."""
+    for timer in timers:
+        if not hasattr(timer, "wait_until_back") or timer.device.health():
+            continue  # a local timer, or a device that is up
+        name = timer.device.name
+        log(f"device {name} unavailable; waiting up to {seconds:.0f} s for it to come back")
+        if not timer.wait_until_back(seconds):
+            raise CompressError(f"device {name} did not come back within target.device_wait_s = {seconds:g} s. "
+                                "Completed trials are kept and the interrupted one is queued again: run the same "
+                                "`compress search` when the device is back to resume.")
+        log(f"device {name} is back; resuming")

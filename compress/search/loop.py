@@ -25,7 +25,7 @@ from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
 from compress.measure.remote import DeviceUnavailable
 from compress.search.candidate import BuildContext, build_candidate, measure_candidate
-from compress.search.device import DEVICE_FAILURE_ATTR, requeue_after_device_failure, wait_for_device
+from compress.search.device import DEVICE_FAILURE_ATTR, requeue_after_device_failure, wait_for_devices
 from compress.search.outputs import BASELINE_ATTR, write_outputs
 from compress.search.study import (
     WORKER_ATTR,
@@ -84,6 +84,12 @@ def anchor_reference(context: BuildContext, study: optuna.Study) -> None:
         context.reference_ms = float(stored)
     else:
         study.set_user_attr(REFERENCE_ATTR, context.reference().latency_ms)
+    for name in context.device_timers:  # each further device anchors its own reference
+        stored = study.user_attrs.get(f"{REFERENCE_ATTR}@{name}")
+        if stored is not None:
+            context.device_reference_ms[name] = float(stored)
+        else:
+            study.set_user_attr(f"{REFERENCE_ATTR}@{name}", context.device_reference(name).latency_ms)
 
 
 def resolve_storage(loaded: LoadedRecipe, run_dir: Path, storage: str | None) -> str:
@@ -190,7 +196,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             if device_failed:
                 if requeue_after_device_failure(study, trial):
                     log(f"trial {trial.number}: queued again (its device was unavailable)")
-                wait_for_device(context.timer, recipe.target.device_wait_s, log=log)
+                wait_for_devices([context.timer, *context.device_timers.values()], recipe.target.device_wait_s, log=log)
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
                 bar.close()
                 write_outputs(study, run_dir, loaded)
