@@ -173,7 +173,7 @@ def _device_latency(args: argparse.Namespace, config, shape: tuple[int, ...], wa
     """Time an artifact's deployed file on a device server (``--device URL``); the token comes from the
     environment variable ``--token-env`` names, never from the command line."""
     from compress.export.artifact import ONNX, WEIGHTS, verify_artifact
-    from compress.measure.remote import RemoteDevice, RemoteModel, device_token
+    from compress.measure.remote import RemoteDevice, RemoteModel, RemoteTimer, device_token
 
     files = verify_artifact(Path(args.artifact), config)
     threads = args.threads or int(config.target.get("threads", 1))
@@ -186,8 +186,6 @@ def _device_latency(args: argparse.Namespace, config, shape: tuple[int, ...], wa
     device = RemoteDevice(args.device, device_token(args.token_env), ca_file=args.device_ca)
     try:
         _log(f"device {args.device}: {device.fingerprint().get('cpu_model')}")
-        from compress.measure.remote import RemoteTimer
-
         return RemoteTimer(device).latency(model, _Shape(shape), warmup=warmup, repeats=repeats)
     finally:
         device.close()

@@ -393,3 +393,21 @@ def test_objectives_may_only_name_declared_devices(tmp_path):
     recipe = tiny_recipe(tmp_path, search={"objectives": ["accuracy", "latency_ms@board"]})
     proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(recipe)], capture_output=True, text=True)
     assert proc.returncode == 2 and "which target.devices does not declare" in proc.stderr, proc.stderr
+
+
+def test_tls_with_a_certificate(tmp_path):
+    """HTTPS when asked: a client that trusts the certificate measures; one that does not is refused."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                           "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                           str(cert)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    srv = start_server(tmp_path / "state", tmp_path / "server.log", "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        assert srv.url.startswith("https://")
+        device = RemoteDevice(srv.url, srv.token, ca_file=str(cert))
+        assert device.fingerprint()["cpu_count"] == os.cpu_count()
+        with pytest.raises(DeviceUnavailable, match="unreachable"):  # no trust in a self-signed certificate
+            RemoteDevice(srv.url, srv.token).fingerprint()
+    finally:
+        srv.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,11 +76,14 @@ class RemoteDevice:
                  ca_file: str | None = None, name: str | None = None):
         import httpx
 
+        if ca_file and not os.path.isfile(ca_file):
+            raise CompressError(f"ca_file: {ca_file} is not a file (the device server's CA certificate, PEM)")
         self.url = url.rstrip("/")
         self.name = name or self.url
         self._httpx = httpx
         self._client = httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, verify=ca_file or True,
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), follow_redirects=False)
         self._uploaded: set[str] = set()
 
@@ -171,7 +175,7 @@ class RemoteTimer:
         return RemoteModel("torch", deployable.safetensors_bytes(), threads, self.device_kind,
                            config=deployable.model.config(), quantization=deployable.quantization_record())
 
-    def _latency(self, answer: dict, shape) -> Latency:
+    def _latency(self, answer: dict) -> Latency:
         d = dict(answer["latency"])
         d["round_medians_ms"] = tuple(d["round_medians_ms"])
         d["device"] = f"{d['device']} on {self.device.name}"
@@ -180,14 +184,14 @@ class RemoteTimer:
     def latency(self, runner: RemoteModel, example, warmup: int, repeats: int, rounds: int = 5) -> Latency:
         answer = self.device.measure(runner, shape=tuple(example.shape), warmup=warmup, repeats=repeats,
                                      rounds=rounds)
-        return self._latency(answer, example.shape)
+        return self._latency(answer)
 
     def latency_against(self, runner: RemoteModel, reference: Reference, example, warmup: int, repeats: int,
                         rounds: int = 5) -> RelativeLatency:
         answer = self.device.measure(runner, shape=tuple(example.shape), warmup=warmup, repeats=repeats,
                                      rounds=rounds, reference=reference.runner)
         rel = answer["relative"]
-        return RelativeLatency(latency=self._latency(answer, example.shape),
+        return RelativeLatency(latency=self._latency(answer),
                                reference_median_ms=rel["reference_median_ms"], ratio=rel["ratio"],
                                ratio_spread=rel["ratio_spread"], anchored_ms=rel["ratio"] * reference.latency_ms)
 
