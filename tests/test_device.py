@@ -63,7 +63,7 @@ class Example:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("device")
-    srv = start_server(tmp / "state", tmp / "server.log", "--max-upload-mb", "2", "--time-limit-s", "20")
+    srv = start_server(tmp / "state", tmp / "server.log", "--max-upload-mb", "2", "--time-limit-s", "15")
     yield srv
     srv.stop()
 
@@ -152,10 +152,10 @@ def test_a_file_that_is_not_a_model_fails_that_request(server):
 def test_a_model_that_runs_forever_is_stopped_at_the_time_limit(server):
     device = RemoteDevice(server.url, server.token)
     started = time.monotonic()
-    with pytest.raises(ModelRejected, match="exceeded the server's time limit of 20 s"):
+    with pytest.raises(ModelRejected, match="exceeded the server's time limit of 15 s"):
         device.measure(RemoteModel("onnxruntime", endless_onnx(), 1, "cpu"), shape=SHAPE, warmup=1, repeats=3,
                        rounds=1)
-    assert 20 <= time.monotonic() - started < 60
+    assert 15 <= time.monotonic() - started < 120
     still_serves(server)
 
 
@@ -411,3 +411,23 @@ def test_tls_with_a_certificate(tmp_path):
             RemoteDevice(srv.url, srv.token).fingerprint()
     finally:
         srv.stop()
+
+
+def test_torch_runtime_is_rebuilt_on_the_device_from_weights_and_config(server, tiny_supernet, tiny_space):
+    """runtime: torch ships safetensors weights and the model config; the device rebuilds and times the model."""
+    import torch
+
+    from compress.deploy import lower
+    from compress.policies import QuantPolicy
+    from compress.supernet.subnet import calibrated_subnet
+
+    model = calibrated_subnet(tiny_supernet, tiny_space.largest(), [torch.rand(8, 3, 16, 16)])
+    deployable = lower(model, "torch", QuantPolicy(), [], SHAPE)
+    timer = RemoteTimer(RemoteDevice(server.url, server.token))
+    lat = timer.latency(timer.runner(deployable, 1), Example(), warmup=1, repeats=4, rounds=2)
+    assert lat.runtime == "torch" and lat.repeats == 4 and lat.median_ms > 0
+    broken = RemoteModel("torch", deployable.safetensors_bytes(), 1, "cpu", config={"stages": "nonsense"},
+                         quantization={})
+    with pytest.raises(ModelRejected, match="not safetensors weights of the given config"):
+        timer.latency(broken, Example(), warmup=1, repeats=3, rounds=1)
+    still_serves(server)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from compress.serve.fingerprint import device_fingerprint
+from compress.serve.child import LOADED
 from compress.serve.protocol import SHA256, MeasureAnswer, MeasureRequest
 from compress.serve.token import token_matches
 
@@ -43,7 +45,8 @@ class Settings:
     token: str
     state_dir: Path
     max_upload_bytes: int = 512 * 1024 * 1024
-    time_limit_s: float = 300.0  # one measurement (the child process), from start to answer
+    time_limit_s: float = 300.0  # one measurement, from the model loaded to the answer
+    load_limit_s: float = 300.0  # starting the child (Python, the runtime) and loading the model
     queue_limit_s: float = 1800.0  # how long a request may wait for the device before it is turned away
     cache_size: int = 4096
 
@@ -175,26 +178,44 @@ class DeviceServer:
     async def _run_child(self, req: MeasureRequest) -> dict:
         job = {"request": req.model_dump(mode="json"),
                "paths": {m.sha256: str(self.models_dir / m.sha256) for m in req.models()}}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "compress.serve.child", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        limit = self.settings.time_limit_s
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(json.dumps(job).encode()), timeout=limit)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise _Refused(504, f"measurement exceeded the server's time limit of {limit:g} s and was stopped "
-                                "(a model that runs too long, or too many repeats)") from None
-        try:
-            result = json.loads(out)
-        except json.JSONDecodeError:
-            tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-            raise _Refused(422, f"the runtime crashed on this model (exit status {proc.returncode}) {tail[0][:300]}"
-                           .strip()) from None
+        # stderr goes to a file: a pipe nobody reads while waiting on stdout could fill and stall the child.
+        with tempfile.TemporaryFile() as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "compress.serve.child", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=err)
+            try:
+                proc.stdin.write(json.dumps(job).encode())
+                await proc.stdin.drain()
+                proc.stdin.close()
+                first = await self._within(proc, proc.stdout.readline(), self.settings.load_limit_s,
+                                           "starting the runtime and loading the model")
+                out = first if first.strip() != LOADED.encode() else await self._within(
+                    proc, proc.stdout.read(), self.settings.time_limit_s,
+                    "measurement (a model that runs too long, or too many repeats)")
+                await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            try:
+                result = json.loads(out)
+            except json.JSONDecodeError:
+                err.seek(0)
+                tail = err.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise _Refused(422, f"the runtime crashed on this model (exit status {proc.returncode}) "
+                                    f"{tail[0][:300]}".strip()) from None
         if not result["ok"]:
             raise _Refused(422, result["error"])
         return result
+
+    @staticmethod
+    async def _within(proc, read, seconds: float, what: str) -> bytes:
+        try:
+            return await asyncio.wait_for(read, timeout=seconds)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise _Refused(504, f"{what} exceeded the server's time limit of {seconds:g} s and was stopped") from None
 
 
 def create_app(settings: Settings) -> Starlette:

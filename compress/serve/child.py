@@ -19,6 +19,9 @@ from compress.measure.latency import Reference, measure_latency, measure_latency
 from compress.serve.protocol import MeasureRequest, ModelRef
 
 
+LOADED = "loaded"
+
+
 class BadModel(Exception):
     """The uploaded file is not a model this runtime can load."""
 
@@ -63,6 +66,10 @@ def run_job(job: dict) -> dict:
         reference = _runner(req, req.reference, paths[req.reference.sha256]) if req.reference else None
     except BadModel as exc:
         return {"ok": False, "kind": "bad_model", "error": str(exc)}
+    # The server's time limit for the measurement starts here: starting Python and the runtime (seconds on a
+    # small board, more for PyTorch) and loading the model are bounded separately.
+    sys.stdout.write(LOADED + "\n")
+    sys.stdout.flush()
     example = _example(req)
     try:
         if reference is None:

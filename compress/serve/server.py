@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--max-upload-mb", type=float, default=512.0)
-    p.add_argument("--time-limit-s", type=float, default=300.0, help="one measurement, start to answer")
+    p.add_argument("--time-limit-s", type=float, default=300.0, help="one measurement, model loaded to answer")
+    p.add_argument("--load-limit-s", type=float, default=300.0,
+                   help="starting the runtime and loading the model, before the measurement")
     p.add_argument("--queue-limit-s", type=float, default=1800.0, help="longest wait for the device")
 
 
@@ -51,8 +53,8 @@ def serve(args: argparse.Namespace) -> int:
     for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if value and not Path(value).is_file():
             raise ServeError(f"{flag}: {value} is not a file")
-    if args.max_upload_mb <= 0 or args.time_limit_s <= 0 or args.queue_limit_s <= 0:
-        raise ServeError("--max-upload-mb, --time-limit-s and --queue-limit-s must be positive")
+    if min(args.max_upload_mb, args.time_limit_s, args.load_limit_s, args.queue_limit_s) <= 0:
+        raise ServeError("--max-upload-mb, --time-limit-s, --load-limit-s and --queue-limit-s must be positive")
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     token_file = Path(args.token_file) if args.token_file else state_dir / "token"
     try:
@@ -69,7 +71,8 @@ def serve(args: argparse.Namespace) -> int:
         raise ServeError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     port = sock.getsockname()[1]
     app = create_app(Settings(token=token, state_dir=state_dir, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                              time_limit_s=args.time_limit_s, queue_limit_s=args.queue_limit_s))
+                              time_limit_s=args.time_limit_s, load_limit_s=args.load_limit_s,
+                              queue_limit_s=args.queue_limit_s))
     config = uvicorn.Config(app, log_level="info", ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
                             timeout_keep_alive=30, log_config=None)
     scheme = "https" if args.tls_cert else "http"
