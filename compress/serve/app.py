@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -110,8 +111,6 @@ class DeviceServer:
         return JSONResponse({"fingerprint": self.fingerprint, "busy": self.lock.locked()})
 
     async def upload(self, request: Request) -> JSONResponse:
-        import re
-
         sha = request.path_params["sha"]
         if not re.fullmatch(SHA256, sha):
             raise _Refused(400, f"malformed request: {sha[:80]!r} is not a sha256 (64 lowercase hex digits)")
