@@ -9,11 +9,16 @@ running ``compress search`` again resumes there.
 
 from __future__ import annotations
 
+import logging
+
 import optuna
 
 from compress.errors import CompressError
+from compress.search.record import BASELINE, DEVICE_FAILURE
 
-DEVICE_FAILURE_ATTR = "compress.device_failure"
+logger = logging.getLogger(__name__)
+
+DEVICE_FAILURE_ATTR = DEVICE_FAILURE  # the trial record's field (compress.search.record), by its old name
 DEVICE_RETRY_ATTR = "compress.device_retries"
 MAX_DEVICE_RETRIES = 20  # a trial that meets a missing device this often is left failed (something else is wrong)
 
@@ -23,14 +28,15 @@ def requeue_after_device_failure(study: optuna.Study, trial) -> bool:
     if retries >= MAX_DEVICE_RETRIES:
         return False
     attrs = {"compress.retry_of": trial.number, DEVICE_RETRY_ATTR: retries + 1}
-    if "compress.baseline" in trial.user_attrs:  # a re-queued baseline is still that baseline
-        attrs["compress.baseline"] = trial.user_attrs["compress.baseline"]
+    if BASELINE in trial.user_attrs:  # a re-queued baseline is still that baseline
+        attrs[BASELINE] = trial.user_attrs[BASELINE]
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
     return True
 
 
-def wait_for_devices(timers, seconds: float, log=print) -> None:
+def wait_for_devices(timers, seconds: float, log=None) -> None:
     """Block until every device server of the study answers again; raise if one does not within ``seconds``."""
+    log = log or logger.info
     for timer in timers:
         if not hasattr(timer, "wait_until_back") or timer.device.health():
             continue  # a local timer, or a device that is up

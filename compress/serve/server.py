@@ -107,6 +107,8 @@ def _log_to_stderr() -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler] if name in ("compress.serve", "uvicorn") else []
         logger.setLevel(logging.INFO)
+    # Not also up to logger ``compress``: under `compress device serve` the CLI shows that one on stdout.
+    logging.getLogger("compress.serve").propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
