@@ -104,7 +104,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from compress import api
 
-    e = api.evaluate(args.artifact, threads=args.threads)
+    e = api.evaluate(args.artifact, threads=args.threads, device_url=args.device, token_env=args.token_env,
+                     ca_file=args.device_ca)
     recorded, latency = e.recorded, e.latency
     _log(f"{args.artifact} on {e.runtime} ({e.device}, {e.threads} thread(s), batch {e.batch_size}):")
     _log(f"  val accuracy  {e.val_accuracy:.4f}   (recorded {recorded['accuracy']:.4f})")
@@ -120,9 +121,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_latency(args: argparse.Namespace) -> int:
     from compress import api
 
-    latency, runtime, runner = api.time_artifact(args.artifact, threads=args.threads, batch_size=args.batch_size,
-                                                 warmup=args.warmup, repeats=args.repeats)
-    _log(f"{args.artifact}: {runtime} on {runner.device}, batch {args.batch_size}, {runner.threads} thread(s): "
+    latency, runtime, _ = api.time_artifact(args.artifact, threads=args.threads, batch_size=args.batch_size,
+                                            warmup=args.warmup, repeats=args.repeats, device_url=args.device,
+                                            token_env=args.token_env, ca_file=args.device_ca)
+    _log(f"{args.artifact}: {runtime} on {latency.device}, batch {args.batch_size}, {latency.threads} thread(s): "
          f"median {latency.median_ms:.3f} ms, p90 {latency.p90_ms:.3f} ms, spread {100 * latency.spread:.1f}% "
          f"over {latency.repeats} runs")
     return 0
@@ -160,6 +162,22 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def cmd_device_serve(args: argparse.Namespace) -> int:
+    from compress.serve.server import ServeError, serve
+
+    try:
+        return serve(args)
+    except ServeError as exc:
+        raise CompressError(str(exc)) from None
+
+
+def _device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="URL", help="time on the device server at URL (e.g. http://127.0.0.1:8765)")
+    p.add_argument("--token-env", default="COMPRESS_DEVICE_TOKEN",
+                   help="environment variable holding the device server's token (default COMPRESS_DEVICE_TOKEN)")
+    p.add_argument("--device-ca", help="CA certificate (PEM) of a device server that uses TLS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,18 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine")
+    p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine "
+                                        "(or on a device server with --device)")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int)
+    _device_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("latency", help="time an artifact on this machine")
+    p = sub.add_parser("latency", help="time an artifact on this machine (or on a device server with --device)")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=200)
+    _device_arguments(p)
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("device", help="the device server that times models on a target device")
+    device_sub = p.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True)
+    from compress.serve.server import add_arguments
+
+    p = device_sub.add_parser("serve", help="run the device server on this machine (the target)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_device_serve)
 
     p = sub.add_parser("distill", help="fine-tune an artifact with a teacher (under `accelerate launch -m compress`)")
     p.add_argument("recipe")
