@@ -93,7 +93,8 @@ def extreme_with_pattern(space, blocks: tuple[str, ...], pick) -> Arch:
     return Arch(stem_width=pick(space.stem.width), stages=stages)
 
 
-def spread_architectures(space, supernet: HybridSupernet, n: int, shape, seed: int = 0) -> list[tuple[Arch, int]]:
+def spread_architectures(space, supernet: HybridSupernet, n: int, shape, seed: int = 0,
+                         pool_size: int = POOL_PER_PATTERN) -> list[tuple[Arch, int]]:
     """``n`` distinct architectures with their MACs: an equal share per family combination, each share at
     evenly spaced MAC quantiles (both ends included) of that combination's smallest, largest and random ones."""
     patterns = list(itertools.product(*(spec.blocks for spec in space.stages)))
@@ -106,7 +107,7 @@ def spread_architectures(space, supernet: HybridSupernet, n: int, shape, seed: i
             continue
         rng = random.Random(f"{seed}-{'-'.join(blocks)}")
         pool = [extreme_with_pattern(space, blocks, min), extreme_with_pattern(space, blocks, max)]
-        pool += [with_pattern(space, blocks, rng) for _ in range(POOL_PER_PATTERN)]
+        pool += [with_pattern(space, blocks, rng) for _ in range(pool_size)]
         unique = {a.key(): a for a in pool}
         scored = sorted(((macs(a), a) for a in unique.values()), key=lambda t: (t[0], t[1].key()))
         positions = [0] if share == 1 else [round(j * (len(scored) - 1) / (share - 1)) for j in range(share)]
@@ -252,12 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", type=int, default=24)
     parser.add_argument("--noise-archs", type=int, default=6, help="architectures trained again with another seed")
     parser.add_argument("--epochs", type=int, help="override the recipe's supernet epochs (a reduced budget)")
+    parser.add_argument("--pool", type=int, default=POOL_PER_PATTERN,
+                        help="random architectures per family combination to pick the MAC quantiles from")
     parser.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT_DIR",
                         help="rank several trained supernets (one per training option) on the same architectures")
     args = parser.parse_args(argv)
-    for field in ("archs", "noise_archs", "epochs"):
+    for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1)):
         value = getattr(args, field)
-        if value is not None and value < (2 if field == "archs" else 0 if field == "noise_archs" else 1):
+        if value is not None and value < least:
             print(f"error: --{field.replace('_', '-')} is too small: {value}", file=sys.stderr)
             return 2
     ablation = []
@@ -288,7 +291,8 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
     checkpoint, context = load_checkpoint(loaded, train_supernet(loaded, run_dir))
     data = context.data
     shape = (1, data.in_channels, data.image_size, data.image_size)
-    archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed)
+    archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed,
+                                         pool_size=args.pool)
     truth = GroundTruth(loaded, data, checkpoint.supernet, ResultCache(CACHE))
     rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed)
 
@@ -362,7 +366,8 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
         if archs is None:  # chosen once from the first supernet's space, so every row ranks the same points
             data = context.data
             shape = (1, data.in_channels, data.image_size, data.image_size)
-            archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed)
+            archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed,
+                                         pool_size=args.pool)
             truth = GroundTruth(loaded, data, checkpoint.supernet, ResultCache(CACHE))
         rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, label=f"{name} ")
         meta = checkpoint.meta
