@@ -28,6 +28,7 @@ def space() -> SearchSpace:
     return SearchSpace.from_yaml(ROOT / "search_spaces" / "digits_small.yaml")
 
 
+@pytest.mark.slow  # counts the MACs of ~30 subnets
 def test_spread_covers_every_family_combination_and_the_mac_range(space):
     supernet = HybridSupernet(space, 1, 10, [0.5], [0.25])
     chosen = bench.spread_architectures(space, supernet, 24, (1, 1, 32, 32), seed=0, pool_size=6)
