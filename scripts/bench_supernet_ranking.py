@@ -278,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reduced = args.epochs is not None
     tag = loaded.name + (f"_{loaded.recipe.supernet.epochs}ep" if reduced else "")
-    if ablation:
-        return run_ablation(loaded, ablation, args, tag)
-    return run_ranking(loaded, args, tag, reduced)
+    try:
+        if ablation:
+            return run_ablation(loaded, ablation, args, tag)
+        return run_ranking(loaded, args, tag, reduced)
+    except CompressError as exc:  # unreadable data, a checkpoint of another space: one line, as the CLI does
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
