@@ -62,8 +62,9 @@ CACHE = RESULTS / "supernet_ranking_standalone.json"
 POOL_PER_PATTERN = 120
 # The source that decides what a stand-alone accuracy is: the static model, the data pipeline, the trainer
 # and the accuracy measure (plus standalone_accuracy itself, added in code_version).
-TRAINING_SOURCES = ("compress/nn", "compress/data", "compress/train/finetune.py", "compress/policies/distill.py",
-                    "compress/measure/accuracy.py", "compress/supernet/hybrid.py", "compress/space/space.py")
+TRAINING_SOURCES = ("compress/nn", "compress/data", "compress/policies/finetune.py", "compress/policies/distill.py",
+                    "compress/measure/accuracy.py", "compress/supernet/hybrid.py", "compress/space/space.py",
+                    "compress/families", "compress/registry.py")
 
 
 # --------------------------------------------------------------------------------------------------
