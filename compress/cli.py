@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from compress.errors import CompressError
 
@@ -306,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CompressError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        # The message is data (paths like /data/[train]), never markup: only the prefix is styled.
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted; completed work is saved and the command resumes where it stopped")
