@@ -21,6 +21,8 @@ def save_run_info(run_dir: Path, loaded: LoadedRecipe, storage: str, study: str)
     from compress.search.study import redact_url
 
     snapshot = loaded.recipe.model_dump(mode="json")
+    if snapshot["search"].get("storage"):  # a password in the recipe's storage URL stays out of the run dir
+        snapshot["search"]["storage"] = redact_url(snapshot["search"]["storage"])
     snapshot["space"] = str(loaded.space_path.resolve())
     if loaded.data_path is not None:
         snapshot["data"]["path"] = str(loaded.data_path.resolve())
@@ -39,7 +41,9 @@ def load_run_info(run_dir: Path, storage: str | None = None) -> tuple[LoadedReci
     info = json.loads(info_file.read_text())
     loaded = load_recipe(Path(run_dir) / RECIPE_COPY)
     url = storage or info["storage"]
-    if ":***@" in url:
+    from compress.search.study import is_redacted
+
+    if is_redacted(url):
         raise CompressError(f"{run_dir}: the study's storage URL holds a password, which is not saved; "
                             "pass it with --storage")
     return loaded, url, info["study"]

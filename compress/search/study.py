@@ -123,14 +123,38 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
+REDACTED = "***"
+
+
+def _secret_key(key: str) -> bool:
+    """Query parameters that carry a secret in database URLs (libpq's password/sslpassword, MySQL's passwd)."""
+    key = key.lower()
+    return "pass" in key or key in ("pwd", "secret", "token")
+
+
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
+    """The URL without its password (in the user info or the query string), for messages and files.
+
+    Edited as text rather than re-assembled by urllib, which turns ``sqlite:////abs/path`` into another URL.
+    """
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    head, has_query, query = rest.partition("?")
+    authority, slash, path = head.partition("/")
+    if "@" in authority:
+        creds, host = authority.rsplit("@", 1)
+        if ":" in creds:
+            authority = f"{creds.split(':', 1)[0]}:{REDACTED}@{host}"
+    if query:
+        items = [item.partition("=") for item in query.split("&")]
+        query = "&".join(f"{k}={REDACTED}" if eq and _secret_key(k) else k + eq + v for k, eq, v in items)
+    return f"{scheme}://{authority}{slash}{path}{has_query}{query}"
+
+
+def is_redacted(url: str) -> bool:
+    """Whether ``url`` came out of :func:`redact_url` with a secret taken out (it cannot open the storage)."""
+    return REDACTED in url
 
 
 def make_sampler(loaded: LoadedRecipe, worker_offset: int = 0) -> optuna.samplers.BaseSampler:
