@@ -83,3 +83,80 @@ def test_search_with_a_password_in_the_query_writes_it_nowhere(tiny_run, tmp_pat
     proc = cli("report", str(run), "--storage", url)
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr and not _files_holding(run, SECRET)
+
+
+# -- an exported artifact shared by the artifact tests -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, trained_tiny):
+    """One exported trial of a two-trial search (with its run directory and recipe)."""
+    import shutil
+
+    from compress.recipe import load_recipe
+    from compress.rundir import save_run_info
+    from compress.search.loop import run_search
+
+    tmp = tmp_path_factory.mktemp("artifact")
+    run_dir = tmp / "run"
+    shutil.copytree(trained_tiny, run_dir / "supernet")
+    recipe = tiny_recipe(tmp, run_dir=run_dir, search={"n_trials": 2, "sampler": {"name": "random"}})
+    loaded = load_recipe(recipe)
+    study = run_search(loaded, run_dir, log=lambda *_: None)
+    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
+    trial = next(t.number for t in study.trials if t.values)
+    proc = cli("export", str(run_dir), "--trial", str(trial))
+    assert proc.returncode == 0, proc.stderr
+    return sorted((run_dir / "artifacts").iterdir())[0]
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(path, edit):
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    edit(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+# -- 3. config.json names only the artifact's own files; sizes bounded before allocating --------------------------
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/dev/zero", "sub/model.safetensors", "model.pt"])
+def test_config_naming_foreign_files_is_refused(artifact, tmp_path, name):
+    import compress
+    from compress.errors import CheckpointError
+
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    bad = _copy(artifact, tmp_path / "a" / "art")
+    _edit_config(bad, lambda c: c["files"].update({name: "0" * 64}))
+    with pytest.raises(CheckpointError, match="not a file of an artifact") as info:
+        compress.load(bad)
+    assert name in str(info.value)
+
+
+def test_weights_symlinked_out_of_the_artifact_are_refused(artifact, tmp_path):
+    import compress
+    from compress.errors import CheckpointError
+
+    bad = _copy(artifact, tmp_path / "art")
+    outside = tmp_path / "elsewhere.safetensors"
+    (bad / "model.safetensors").rename(outside)
+    (bad / "model.safetensors").symlink_to(outside)
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        compress.load(bad)
+
+
+def test_huge_layer_sizes_are_refused_before_allocating(artifact, tmp_path):
+    import compress
+    from compress.errors import CheckpointError
+
+    bad = _copy(artifact, tmp_path / "art")
+    # ~10^11 parameters: allocating them is what an attacker's config.json would make us do.
+    _edit_config(bad, lambda c: c["model"]["stages"][-1].update(out=300_000))
+    with pytest.raises(CheckpointError, match="parameters"):
+        compress.load(bad)
