@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.text import Text
 
 from compress.errors import CompressError
+from compress.runlock import run_dir_lock
 
 console = Console(stderr=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -42,7 +43,9 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
     from compress.train.supernet import train_supernet
 
     loaded = load_recipe(args.recipe)
-    path = train_supernet(loaded, loaded.run_dir(args.run_dir), log=_log)
+    run_dir = loaded.run_dir(args.run_dir)
+    with run_dir_lock(run_dir, "train-supernet"):
+        path = train_supernet(loaded, run_dir, log=_log)
     _log(f"checkpoint: {path}")
     return 0
 
@@ -68,7 +71,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(args.recipe)
     run_dir = loaded.run_dir(args.run_dir)
-    study, _ = _search(loaded, run_dir, args.storage, args.study, args.supernet)
+    with run_dir_lock(run_dir, "search", shared=True):  # workers on one machine may share the directory
+        study, _ = _search(loaded, run_dir, args.storage, args.study, args.supernet)
     console.print(front_table(study))
     _log(f"front: {run_dir / 'pareto.csv'}, {run_dir / 'pareto.png'}; all trials: {run_dir / 'trials.csv'}")
     return 0
@@ -83,14 +87,21 @@ def _open_run(run_dir: Path, storage: str | None, study: str | None):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    if not args.pareto and not args.trial:
+        raise CompressError("say what to export: --trial N (repeatable) or --pareto")
+    if not run_dir.is_dir():
+        raise CompressError(f"{run_dir}: run directory not found")
+    with run_dir_lock(run_dir, "export"):
+        return _export(args, run_dir)
+
+
+def _export(args: argparse.Namespace, run_dir: Path) -> int:
     from compress.export.exporter import export_trials, select_trials
     from compress.search.loop import anchor_reference, load_context, require_trials
     from compress.supernet.checkpoint import load_supernet
     from compress.train.supernet import supernet_dir
 
-    run_dir = Path(args.run)
-    if not args.pareto and not args.trial:
-        raise CompressError("say what to export: --trial N (repeatable) or --pareto")
     loaded, url, study = _open_run(run_dir, args.storage, args.study)
     require_trials(study)
     trials = select_trials(study, args.trial, args.pareto)
@@ -167,18 +178,24 @@ def cmd_latency(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from compress.export.exporter import export_trials, select_trials
     from compress.recipe import load_recipe
-    from compress.search.loop import anchor_reference, load_context
+
+    started = time.time()
+    loaded = load_recipe(args.recipe)
+    run_dir = loaded.run_dir(args.run_dir)
+    with run_dir_lock(run_dir, "run"):
+        return _run(loaded, run_dir, args, started)
+
+
+def _run(loaded, run_dir: Path, args: argparse.Namespace, started: float) -> int:
+    import time
+
+    from compress.export.exporter import export_trials, select_trials
+    from compress.search.loop import anchor_reference, load_context, preflight
     from compress.search.outputs import front_table
     from compress.supernet.checkpoint import load_supernet
     from compress.train.supernet import train_supernet
 
-    started = time.time()
-    from compress.search.loop import preflight
-
-    loaded = load_recipe(args.recipe)
-    run_dir = loaded.run_dir(args.run_dir)
     preflight(loaded, run_dir, args.storage, args.study)
     _log(f"[1/3] supernet ({loaded.space.name}, {loaded.recipe.supernet.epochs} epochs)")
     ckpt_dir = train_supernet(loaded, run_dir, log=_log)

@@ -160,3 +160,52 @@ def test_huge_layer_sizes_are_refused_before_allocating(artifact, tmp_path):
     _edit_config(bad, lambda c: c["model"]["stages"][-1].update(out=300_000))
     with pytest.raises(CheckpointError, match="parameters"):
         compress.load(bad)
+
+
+# -- 4. one writer per run directory ------------------------------------------------------------------------------
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    import os
+    import socket
+
+    from tests.hold import start_held, wait_until_held
+
+    recipe = tiny_recipe(tmp_path)
+    log = tmp_path / "holder.log"
+    holder = start_held("compress.train.supernet:train_supernet", 1, ["train-supernet", str(recipe)], log)
+    try:
+        wait_until_held(holder, log)
+        for command in (["train-supernet", str(recipe)], ["run", str(recipe)], ["search", str(recipe)],
+                        ["export", str(tmp_path / "run"), "--pareto"]):
+            proc = cli(*command)
+            assert proc.returncode == 2, proc.stdout + proc.stderr
+            assert "is locked by `compress train-supernet" in proc.stderr, proc.stderr
+            assert f"pid {holder.pid} on {socket.gethostname()}" in proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "run" / "supernet").exists() and not (tmp_path / "run" / "study.db").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel dropped the killed holder's lock: the directory is usable again, its stale record ignored.
+    from compress.runlock import run_dir_lock
+
+    with run_dir_lock(tmp_path / "run", "train-supernet"):
+        assert os.listdir(tmp_path / "run" / ".lock-holders") == [f"{socket.gethostname()}-{os.getpid()}.json"]
+
+
+def test_search_workers_share_a_run_directory(tmp_path):
+    from tests.hold import start_held, wait_until_held
+
+    recipe = tiny_recipe(tmp_path)
+    procs = []
+    try:
+        for i in range(2):  # both reach the search itself, each holding the lock shared
+            log = tmp_path / f"worker{i}.log"
+            procs.append(start_held("compress.search.loop:run_search", 1, ["search", str(recipe)], log))
+            wait_until_held(procs[-1], log)
+        proc = cli("train-supernet", str(recipe))
+        assert proc.returncode == 2 and "is locked by `compress search" in proc.stderr, proc.stderr
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
