@@ -55,10 +55,11 @@ def _search(loaded, run_dir: Path, storage: str | None, study: str | None, super
     be reported on and exported from."""
     from compress.fsutil import ensure_writable_dir
     from compress.rundir import save_run_info
-    from compress.search.loop import resolve_storage, run_search
+    from compress.search.loop import preflight, resolve_storage, run_search
 
     url = resolve_storage(loaded, run_dir, storage)
     name = study or loaded.recipe.search.study_name or loaded.recipe.name
+    preflight(loaded, run_dir, url, name)  # a study this recipe may not join is refused before anything is written
     save_run_info(ensure_writable_dir(run_dir), loaded, url, name)
     study_obj = run_search(loaded, run_dir, storage=url, study_name=name,
                            supernet_path=Path(supernet) if supernet else None, log=_log)
@@ -82,8 +83,8 @@ def _open_run(run_dir: Path, storage: str | None, study: str | None):
     from compress.rundir import load_run_info
     from compress.search.study import load_existing_study, make_storage
 
-    loaded, url, name = load_run_info(run_dir, storage)
-    return loaded, url, load_existing_study(make_storage(url), study or name)
+    loaded, url, name = load_run_info(run_dir, storage, study)
+    return loaded, url, load_existing_study(make_storage(url), name)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -209,3 +209,90 @@ def test_search_workers_share_a_run_directory(tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+# -- 5. an edited recipe is not mixed into an old study -----------------------------------------------------------
+
+@pytest.mark.parametrize("edit, part", [
+    ({"target": {"threads": 2}}, "target"),
+    ({"target": {"batch_size": 4}}, "target"),
+    ({"search": {"policies": {"quantize": {"calibration_batches": 2}, "prune": {"enabled": True}}}}, "policies"),
+    ({"search": {"constraints": [{"metric": "size_mb", "op": "<=", "value": 1.0}]}}, "constraints"),
+    ({"supernet": {"bn_calibration_batches": 3}}, "calibration"),
+    ({"data": {"size": 400}}, "data"),
+])
+def test_a_reopened_study_with_another_recipe_is_refused(tmp_path, edit, part):
+    from compress.errors import StorageError
+    from compress.recipe import load_recipe
+    from compress.rundir import save_run_info
+    from compress.search.loop import preflight
+
+    loaded = load_recipe(tiny_recipe(tmp_path))
+    run_dir = loaded.run_dir()
+    preflight(loaded, run_dir, None, None)  # creates the study, as the first search does
+    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
+    snapshot = (run_dir / "recipe.yaml").read_text()
+    preflight(load_recipe(tiny_recipe(tmp_path)), run_dir, None, None)  # the same recipe reopens it
+    edited = tiny_recipe(tmp_path, **edit)
+    with pytest.raises(StorageError, match=rf"changed since it was created: {part}.*--study NEW"):
+        preflight(load_recipe(edited), run_dir, None, None)
+    proc = cli("search", str(edited))
+    assert proc.returncode == 2 and part in proc.stderr and "--study" in proc.stderr, proc.stderr
+    assert (run_dir / "recipe.yaml").read_text() == snapshot  # the study's recipe copy is not overwritten
+
+
+def test_each_study_keeps_the_recipe_it_was_created_with(tmp_path):
+    from compress.recipe import load_recipe
+    from compress.rundir import load_run_info, save_run_info
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    save_run_info(run_dir, load_recipe(tiny_recipe(tmp_path)), url, "old")
+    save_run_info(run_dir, load_recipe(tiny_recipe(tmp_path, target={"threads": 2})), url, "new")
+    save_run_info(run_dir, load_recipe(tiny_recipe(tmp_path, target={"threads": 3})), url, "old")
+    assert load_run_info(run_dir)[0].recipe.target.threads == 3 - 2  # run.json names "old", created at 1 thread
+    assert load_run_info(run_dir, study="new")[0].recipe.target.threads == 2
+
+
+def test_corrupt_run_json_is_named(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text('{"recipe": "x", "stor')
+    for command in (["report", str(run_dir)], ["export", str(run_dir), "--pareto"]):
+        proc = cli(*command)
+        assert proc.returncode == 2 and "run.json: corrupt" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# -- 6. supernet reuse keyed on the data's content, not its path ------------------------------------------------
+
+def _image_folder(root, classes=("cat", "dog"), n=6, size=16):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (size, size), (i * 30, c * 100, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_supernet_key_follows_the_data_not_the_path(tmp_path, monkeypatch):
+    import shutil
+
+    from compress.recipe import load_recipe
+
+    images = _image_folder(tmp_path / "data" / "images")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "deeper").mkdir(parents=True)
+    data = {"source": "imagefolder", "image_size": 16}
+    here = load_recipe(tiny_recipe(tmp_path / "a", data={**data, "path": "../data/images"}))
+    there = load_recipe(tiny_recipe(tmp_path / "b" / "deeper", data={**data, "path": "../../data/images"}))
+    monkeypatch.chdir(tmp_path)
+    absolute = load_recipe(tiny_recipe(tmp_path / "a", data={**data, "path": str(images)}))
+    shutil.copytree(images, tmp_path / "elsewhere" / "images")  # as on another machine
+    copied = load_recipe(tiny_recipe(tmp_path / "a", data={**data, "path": str(tmp_path / "elsewhere" / "images")}))
+    keys = {r.supernet_key() for r in (here, there, absolute, copied)}
+    assert len(keys) == 1
+    (tmp_path / "elsewhere" / "images" / "cat" / "0.png").write_bytes((images / "dog" / "0.png").read_bytes())
+    assert copied.supernet_key() not in keys  # an edited image is other data

@@ -24,6 +24,7 @@ from compress.recipe import LoadedRecipe
 STUDY_ATTR_OBJECTIVES = "compress.objectives"
 STUDY_ATTR_SUPERNET = "compress.supernet_key"
 STUDY_ATTR_RECIPE = "compress.recipe_hash"
+STUDY_ATTR_FINGERPRINT = "compress.fingerprint"
 
 
 def default_storage_url(run_dir: Path) -> str:
@@ -202,6 +203,7 @@ def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str
                                "Use another --study name.") from None
     wanted = [list(o) for o in objectives]
     if created:
+        study.set_user_attr(STUDY_ATTR_FINGERPRINT, loaded.study_fingerprint())  # before the objectives workers wait for
         study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
         study.set_user_attr(STUDY_ATTR_SUPERNET, supernet_key)
         study.set_user_attr(STUDY_ATTR_RECIPE, loaded.recipe_hash())
@@ -212,6 +214,13 @@ def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str
         raise StorageError(
             f"study {study_name!r} exists with objectives {stored}, this recipe asks for {wanted}; its trials "
             "are left untouched. Use another --study name."
+        )
+    stored_print = _wait_for_attr(study, STUDY_ATTR_FINGERPRINT, seconds=0) or {}  # none on older studies
+    changed = [part for part, value in loaded.study_fingerprint().items() if stored_print.get(part, value) != value]
+    if changed:
+        raise StorageError(
+            f"study {study_name!r}: the recipe changed since it was created: {', '.join(changed)}; new trials would not be comparable with its {len(study.trials)} trials, which "
+            "are left untouched. Start a new study with --study NEW (or restore the recipe)."
         )
     stored_key = study.user_attrs.get(STUDY_ATTR_SUPERNET)
     if stored_key is not None and stored_key != supernet_key:
