@@ -66,11 +66,19 @@ def _search(loaded, run_dir: Path, storage: str | None, study: str | None, super
     return study_obj, url
 
 
+def _refuse_code_teacher(loaded, args: argparse.Namespace) -> None:
+    from compress.train.teacher import refuse_recipe_code_teacher
+
+    refuse_recipe_code_teacher(loaded, command_line_teacher=getattr(args, "teacher", None),
+                               allowed=args.allow_code_teacher)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from compress.recipe import load_recipe
     from compress.search.outputs import front_table
 
     loaded = load_recipe(args.recipe)
+    _refuse_code_teacher(loaded, args)
     run_dir = loaded.run_dir(args.run_dir)
     with run_dir_lock(run_dir, "search", shared=True):  # workers on one machine may share the directory
         study, _ = _search(loaded, run_dir, args.storage, args.study, args.supernet)
@@ -183,6 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.time()
     loaded = load_recipe(args.recipe)
+    _refuse_code_teacher(loaded, args)
     run_dir = loaded.run_dir(args.run_dir)
     with run_dir_lock(run_dir, "run"):
         return _run(loaded, run_dir, args, started)
@@ -221,6 +230,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from compress.train.distill import run_distillation
 
     loaded = load_recipe(args.recipe)
+    _refuse_code_teacher(loaded, args)
     student = Path(args.student)
     out = Path(args.out) if args.out else student.with_name(student.name + "-distilled")
     overrides = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "temperature": args.temperature,
@@ -228,7 +238,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
                  "checkpoint_every": args.checkpoint_every, "eval_every": args.eval_every,
                  "gradient_accumulation_steps": args.gradient_accumulation_steps}
     run_distillation(loaded, student, out, teacher=args.teacher, teacher_weights=args.teacher_weights,
-                     supernet_dir=Path(args.supernet) if args.supernet else None, overrides=overrides, log=_log)
+                     supernet_dir=Path(args.supernet) if args.supernet else None, overrides=overrides,
+                     restart=args.restart, log=_log)
     return 0
 
 
@@ -256,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run dir; postgresql://... to scale out)")
     p.add_argument("--study", help="study name (default: the recipe's name)")
     p.add_argument("--supernet", help="supernet checkpoint directory (default: <run dir>/supernet)")
+    p.add_argument("--allow-code-teacher", action="store_true",
+                   help="accept a package.module:factory teacher written in the recipe (it imports and runs code)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export", help="write deployable artifacts for trials of a search run")
@@ -298,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--weight", float), ("--feature-weight", float), ("--checkpoint-every", int),
                        ("--eval-every", int), ("--gradient-accumulation-steps", int)):
         p.add_argument(flag, type=kind, help="overrides the recipe's distill section")
+    p.add_argument("--restart", action="store_true", help="discard a saved state of other settings and start over")
+    p.add_argument("--allow-code-teacher", action="store_true",
+                   help="accept a package.module:factory teacher written in the recipe (it imports and runs code)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("run", help="the main job: train the supernet (or reuse it), search, export the front")
@@ -305,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir")
     p.add_argument("--storage")
     p.add_argument("--study")
+    p.add_argument("--allow-code-teacher", action="store_true",
+                   help="accept a package.module:factory teacher written in the recipe (it imports and runs code)")
     p.set_defaults(func=cmd_run)
     return parser
 
