@@ -106,6 +106,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace, run_dir: Path) -> int:
+    from compress.fsutil import ensure_writable_dir
     from compress.export.exporter import export_trials, select_trials
     from compress.search.loop import anchor_reference, load_context, require_trials
     from compress.supernet.checkpoint import load_supernet
@@ -117,13 +118,14 @@ def _export(args: argparse.Namespace, run_dir: Path) -> int:
     checkpoint = load_supernet(Path(args.supernet) if args.supernet else supernet_dir(run_dir))
     context = load_context(loaded, checkpoint)
     anchor_reference(context, study)
-    out = Path(args.out) if args.out else run_dir / "artifacts"
+    out = ensure_writable_dir(Path(args.out) if args.out else run_dir / "artifacts", "export --out")
     export_trials(loaded, context, study, trials, out, storage_url=url,
                   supernet_key=checkpoint.meta["supernet_key"], log=_log)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from compress.fsutil import ensure_writable_dir
     from compress.search.outputs import front_table, write_outputs
     from compress.search.study import load_existing_study, make_storage
 
@@ -135,6 +137,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise CompressError("give a run directory, or --storage URL (and --study NAME)")
         loaded, _, study = _open_run(Path(args.run), None, args.study)
         out_dir = Path(args.run)
+    ensure_writable_dir(out_dir, "report directory")
     console.print(front_table(study))
     paths = write_outputs(study, out_dir, loaded)
     _log("written: " + ", ".join(str(p) for p in paths.values()))
@@ -151,6 +154,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data_spec = dict(config.provenance.get("data") or {})
     if not data_spec:
         raise CompressError(f"{args.artifact}: config.json records no data to evaluate on")
+    if args.data:  # the data moved, or lives elsewhere on this machine
+        if not data_spec.get("path"):
+            raise CompressError(f"{args.artifact}: its data is built in ({data_spec['source']}); --data takes no path")
+        data_spec["path"] = str(Path(args.data))
+    if data_spec.get("path"):
+        origin = "given with --data" if args.data else "recorded in config.json; --data PATH to use another"
+        _log(f"data: {data_spec['source']} at {data_spec['path']} ({origin})")
+        if not Path(data_spec["path"]).exists():
+            raise CompressError(f"{args.artifact}: its data path {data_spec['path']} does not exist on this "
+                                "machine; give the data's path with --data PATH")
+    else:
+        _log(f"data: {data_spec['source']} (built in)")
     seed = data_spec.pop("seed", 0)
     data = load_dataset(data_spec.pop("source"), seed=seed, **data_spec)
     recorded = config.metrics
@@ -175,6 +190,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
     from compress.export.artifact import deployed_runner
     from compress.measure.latency import example_input, measure_latency
 
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--repeats", args.repeats, 1),
+                               ("--threads", args.threads, 1), ("--warmup", args.warmup, 0)):
+        if value < least:
+            raise CompressError(f"{flag} must be at least {least} (got {value})")
     runner, config = deployed_runner(Path(args.artifact), threads=args.threads)
     shape = (args.batch_size, *config.input["shape"])
     latency = measure_latency(runner, example_input(shape), warmup=args.warmup, repeats=args.repeats)
@@ -290,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int)
+    p.add_argument("--data", help="the data's path on this machine (default: the path recorded in the artifact)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("latency", help="time an artifact on this machine")

@@ -296,3 +296,132 @@ def test_supernet_key_follows_the_data_not_the_path(tmp_path, monkeypatch):
     assert len(keys) == 1
     (tmp_path / "elsewhere" / "images" / "cat" / "0.png").write_bytes((images / "dog" / "0.png").read_bytes())
     assert copied.supernet_key() not in keys  # an edited image is other data
+
+
+# -- 10. compress evaluate says which data it uses, and --data overrides it ------------------------------------------
+
+def test_evaluate_names_its_data_and_takes_data_override(artifact, tmp_path):
+    moved = _copy(artifact, tmp_path / "art")
+    images = _image_folder(tmp_path / "here" / "images", classes=("a", "b", "c", "d"), n=8)
+
+    def point_elsewhere(c):
+        c["provenance"]["data"] = {"source": "imagefolder", "path": "/moved/away/images", "image_size": 16,
+                                   "channels": 3, "val_fraction": 0.25, "test_fraction": 0.25, "seed": 0}
+    _edit_config(moved, point_elsewhere)
+    proc = cli("evaluate", str(moved))
+    assert proc.returncode == 2 and "/moved/away/images does not exist" in proc.stderr and "--data" in proc.stderr
+    proc = cli("evaluate", str(moved), "--data", str(images))
+    assert proc.returncode == 0, proc.stderr
+    assert f"data: imagefolder at {images} (given with --data)" in proc.stdout
+    proc = cli("evaluate", str(artifact), "--data", str(images))
+    assert proc.returncode == 2 and "built in" in proc.stderr
+
+
+# -- 11. one line instead of a traceback or a hang -------------------------------------------------------------------
+
+def test_non_utf8_yaml_is_named(tmp_path):
+    recipe = tiny_recipe(tmp_path)
+    recipe.write_bytes(recipe.read_bytes().replace(b"name: tiny", b"name: caf\xe9"))
+    proc = cli("validate", str(recipe))
+    assert proc.returncode == 2 and "not UTF-8" in proc.stderr and str(recipe) in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--batch-size", "--threads"])
+def test_latency_zero_counts_are_refused(artifact, flag):
+    proc = cli("latency", str(artifact), flag, "0")
+    assert proc.returncode == 2 and f"{flag} must be at least 1 (got 0)" in proc.stderr, proc.stderr
+
+
+def test_threads_above_the_cores_warn(artifact):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    proc = cli("latency", str(artifact), "--threads", str(cores + 3), "--repeats", "3", "--warmup", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert f"threads {cores + 3} is more than this machine's {cores} CPU core(s)" in proc.stderr
+
+
+def test_onnx_model_fed_the_wrong_size_names_the_shape(artifact):
+    import torch
+
+    import compress
+    from compress.errors import CompressError
+
+    model = compress.load(artifact, runtime="onnxruntime")
+    with pytest.raises(CompressError, match=r"takes input of shape \['?N'?, 3, 16, 16\].*got \[1, 3, 32, 32\]"):
+        model(torch.rand(1, 3, 32, 32))
+    assert model(torch.rand(2, 3, 16, 16)).shape == (2, 4)
+
+
+def test_onnx_runtime_of_an_artifact_without_onnx(artifact, tmp_path):
+    import compress
+    from compress.errors import CheckpointError
+
+    bare = _copy(artifact, tmp_path / "art")
+    (bare / "model.onnx").unlink()
+    _edit_config(bare, lambda c: (c["files"].pop("model.onnx"), c.update(runtime="torch")))
+    with pytest.raises(CheckpointError, match="exported without ONNX"):
+        compress.load(bare, runtime="onnxruntime")
+    assert compress.load(bare) is not None
+
+
+def test_read_only_and_full_targets_for_export_and_report(artifact, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import compress.cli as cli_module
+    import compress.fsutil as fsutil
+
+    run_dir = artifact.parent.parent
+    trial = artifact.name.split("-")[1].lstrip("0") or "0"
+    for command in (["export", str(run_dir), "--trial", trial, "--out", "/sys/compress-out"],
+                    ["report", "/sys/compress-out", "--storage", f"sqlite:///{run_dir / 'study.db'}", "--study", "tiny"]):
+        proc = cli(*command)
+        assert proc.returncode == 2 and "'/sys/compress-out' is not writable" in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    before = (run_dir / "pareto.csv").read_text()
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "fsync", full)
+    out = tmp_path / "out"
+    assert cli_module.main(["export", str(run_dir), "--trial", trial, "--out", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not [p for p in out.iterdir() if not p.name.startswith(".write-check")]  # no half-written artifact
+    assert cli_module.main(["report", str(run_dir)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert (run_dir / "pareto.csv").read_text() == before
+
+
+def test_dotfiles_in_image_folders_are_skipped(tmp_path):
+    from compress.data import load_dataset
+
+    root = _image_folder(tmp_path / "images", n=8)
+    (root / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (root / "dog" / ".hidden.jpg").write_bytes(b"junk")
+    data = load_dataset("imagefolder", path=str(root), image_size=16, seed=0)
+    assert len(data.train) + len(data.val) + len(data.test) == 16
+
+
+def test_full_size_photos_without_image_size_are_bounded(tmp_path, monkeypatch):
+    import compress.data.imagefolder as imagefolder
+    from compress.data import load_dataset
+    from compress.errors import DataError
+
+    root = _image_folder(tmp_path / "images", n=8, size=64)
+    monkeypatch.setattr(imagefolder, "MAX_DECODED_BYTES", 64 * 64 * 3 * 10)  # as 12 Mpixel photos are to RAM
+    with pytest.raises(DataError, match=r"are 64x64: 16 of them take .* set data.image_size"):
+        load_dataset("imagefolder", path=str(root), seed=0)
+    assert load_dataset("imagefolder", path=str(root), image_size=16, seed=0).image_size == 16
+
+
+def test_a_class_too_small_for_val_or_test_is_named(tmp_path, caplog):
+    from compress.data import load_dataset
+
+    root = _image_folder(tmp_path / "images", classes=("cat", "dog"), n=20)
+    _image_folder(root, classes=("rare",), n=1)
+    with caplog.at_level("WARNING"):
+        load_dataset("imagefolder", path=str(root), image_size=16, seed=0)
+    assert "['rare'] have no images in the val split" in caplog.text
+    assert "['rare'] have no images in the test split" in caplog.text

@@ -66,7 +66,10 @@ def write_artifact(path: Path, candidate, metrics, *, data, target, provenance: 
     staging = path.with_name(path.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write artifact {path}: {exc.strerror or exc}") from None
     files: dict[str, bytes] = {WEIGHTS: deployable.safetensors_bytes()}
     if deployable.runtime == "onnxruntime":
         files[ONNX] = deployable.onnx_bytes()
@@ -95,10 +98,14 @@ def write_artifact(path: Path, candidate, metrics, *, data, target, provenance: 
         "provenance": provenance,
         "files": {name: sha256(blob) for name, blob in files.items()},
     }
-    for name, blob in files.items():
-        write_bytes_atomic(staging / name, blob)
-    write_json_atomic(staging / CONFIG, config)
-    write_text_atomic(staging / CARD, model_card(config, path.name))
+    try:
+        for name, blob in files.items():
+            write_bytes_atomic(staging / name, blob)
+        write_json_atomic(staging / CONFIG, config)
+        write_text_atomic(staging / CARD, model_card(config, path.name))
+    except BaseException:  # a full disk, Ctrl-C: no half-written staging directory is left to look like an artifact
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     replace_dir(staging, path)
     return path
 
@@ -201,6 +208,9 @@ def load(path: str | Path, runtime: str = "torch", device: str = "cpu", threads:
     if runtime == "torch":
         return load_torch_model(path, config, device=device)
     if runtime == "onnxruntime":
+        if ONNX not in config.files:
+            raise CheckpointError(f"{path}: exported without ONNX (export.onnx: false), so it has no onnxruntime "
+                                  "model; load it with runtime='torch'")
         return OnnxModule(verify_artifact(path, config)[ONNX], threads=threads, device=device).eval()
     raise ValueError(f"runtime must be 'torch' or 'onnxruntime', got {runtime!r}")
 

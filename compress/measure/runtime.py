@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from typing import Any
 
 import numpy as np
 import torch
 
 from compress.errors import CompressError
+
+log = logging.getLogger(__name__)
+_warned_threads: set[int] = set()
+
+
+def check_threads(threads: int) -> None:
+    """More threads than cores time the scheduler, not the model: warn (once per count), naming both."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cores and threads not in _warned_threads:
+        _warned_threads.add(threads)
+        log.warning("threads %d is more than this machine's %d CPU core(s) available here; latencies will measure "
+                    "contention, not the model", threads, cores)
 
 
 class OrtRunner:
@@ -32,14 +46,24 @@ class OrtRunner:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
+        check_threads(threads)
         self.session = ort.InferenceSession(model_bytes, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape  # symbolic dims (the batch) are names, not ints
         self.device, self.threads = device, threads
 
+    def _check(self, x: torch.Tensor) -> None:
+        expected = self.input_shape
+        if len(x.shape) != len(expected) or any(isinstance(e, int) and e != s for e, s in zip(expected, x.shape)):
+            shown = [e if isinstance(e, int) else "N" for e in expected]
+            raise CompressError(f"the ONNX model takes input of shape {shown} (N: batch), got {list(x.shape)}")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
         return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0])
 
     def prepare(self, x: torch.Tensor) -> Any:
+        self._check(x)
         return np.ascontiguousarray(x.detach().cpu().numpy())
 
     def run_prepared(self, x: Any) -> None:
@@ -58,6 +82,7 @@ class TorchRunner:
     def __init__(self, module: torch.nn.Module, threads: int = 1, device: str = "cpu"):
         if device == "cuda" and not torch.cuda.is_available():
             raise CompressError("target.device is 'cuda' but PyTorch sees no CUDA device on this machine")
+        check_threads(threads)
         self.module = module.eval().to(device)
         self.device, self.threads = device, threads
 
