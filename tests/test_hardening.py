@@ -381,14 +381,19 @@ def test_read_only_and_full_targets_for_export_and_report(artifact, tmp_path, mo
         assert len(proc.stderr.strip().splitlines()) == 1
     before = (run_dir / "pareto.csv").read_text()
 
-    def full(_fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_fsync = fsutil.os.fsync
+    out = tmp_path / "out"
+
+    def full(fd):  # the disk is full where the artifacts and the report go, not under the lock's record
+        target = fsutil.os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(str(out)) or "/.pareto" in target or "/.trials" in target:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
 
     monkeypatch.setattr(fsutil.os, "fsync", full)
-    out = tmp_path / "out"
     assert cli_module.main(["export", str(run_dir), "--trial", trial, "--out", str(out)]) == 2
     assert "No space left on device" in capsys.readouterr().err
-    assert not [p for p in out.iterdir() if not p.name.startswith(".write-check")]  # no half-written artifact
+    assert not list(out.iterdir())  # no half-written artifact, no staging directory
     assert cli_module.main(["report", str(run_dir)]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert (run_dir / "pareto.csv").read_text() == before
@@ -425,3 +430,47 @@ def test_a_class_too_small_for_val_or_test_is_named(tmp_path, caplog):
         load_dataset("imagefolder", path=str(root), image_size=16, seed=0)
     assert "['rare'] have no images in the val split" in caplog.text
     assert "['rare'] have no images in the test split" in caplog.text
+
+
+# -- 7. Ctrl-C: the interrupted trial is queued again, outputs rewritten, no staging dir left -------------------------
+
+def test_ctrl_c_requeues_the_interrupted_trial(tiny_run, tmp_path):
+    import signal
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from compress.search.loop import REQUEUED_ATTR
+    from compress.search.outputs import BASELINE_ATTR
+    from tests.hold import start_held, wait_until_held
+
+    recipe = tiny_run(search={"n_trials": 3, "sampler": {"name": "random"}})
+    log = tmp_path / "search.log"
+    proc = start_held("compress.search.loop:build_candidate", 1, ["search", str(recipe)], log)
+    wait_until_held(proc, log)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, log.read_text()
+    assert "queued again" in log.read_text()
+    run = tmp_path / "run"
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(failed) == 1
+    again = [t for t in waiting if t.user_attrs.get(REQUEUED_ATTR) == failed[0].number]
+    assert len(again) == 1 and again[0].user_attrs.get(BASELINE_ATTR) == failed[0].user_attrs[BASELINE_ATTR]
+    assert str(failed[0].number) in (run / "trials.csv").read_text()  # rewritten at the interrupt
+
+
+def test_an_interrupted_artifact_write_leaves_no_staging_dir(artifact, tmp_path, monkeypatch):
+    import compress.cli as cli_module
+    import compress.export.artifact as artifact_module
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifact_module, "write_json_atomic", interrupted)
+    run_dir = artifact.parent.parent
+    trial = artifact.name.split("-")[1].lstrip("0") or "0"
+    out = tmp_path / "out"
+    assert cli_module.main(["export", str(run_dir), "--trial", trial, "--out", str(out)]) == 130
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp" or p.name.startswith("trial-")]
