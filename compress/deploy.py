@@ -23,13 +23,21 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from compress.errors import CheckpointError
-from compress.export.onnx import export_onnx
+from compress.nn.onnx_export import export_onnx
 from compress.measure.runtime import OrtRunner, TorchRunner
 from compress.nn.fold import fold_batchnorm
 from compress.nn.net import HybridNet, build_model
 from compress.nn.quantized import to_int8_module
 from compress.weights import load_into
-from compress.policies.quantize import BNB_BACKENDS, QuantPolicy, compact_names, quantize_onnx, quantize_torch
+from compress.policies.quantize import (
+    BNB_BACKENDS,
+    ORT_BACKENDS,
+    QuantPolicy,
+    compact_names,
+    in_units,
+    quantize_onnx,
+    quantize_torch,
+)
 
 
 @dataclass
@@ -181,3 +189,56 @@ def float_model(model: nn.Module) -> nn.Module:
             new.bias.copy_(module.bias.float())
         model.set_submodule(path, new)
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# A quantization policy applied to any exportable model (torchao's ``quantize_(model, config)`` shape)
+
+
+class OrtModule(nn.Module):
+    """An ONNX Runtime session behind the ``nn.Module`` call interface: what :func:`quantize_` returns for
+    the ONNX Runtime backends. ``onnx_model`` is the quantized graph, ``int8_layers`` the layers in INT8."""
+
+    def __init__(self, onnx_model: onnx.ModelProto, int8_layers: list[str], threads: int = 1, device: str = "cpu"):
+        super().__init__()
+        self.onnx_model, self.int8_layers = onnx_model, int8_layers
+        self.runner = OrtRunner(onnx_model.SerializeToString(), threads=threads, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner(x)
+
+
+def quantize_(model: nn.Module, policy: QuantPolicy, example_inputs, *, filter_fn=None, threads: int = 1,
+              device: str = "cpu") -> nn.Module:
+    """Apply ``policy`` to any exportable ``model`` and return the runnable result.
+
+    - ``ort-dynamic`` / ``ort-static``: the model is exported to ONNX (``example_inputs``: one tensor, or a list
+      of tensors whose first is the export example and all of which calibrate ``ort-static``) and quantized by
+      ONNX Runtime; returns an :class:`OrtModule`. ``model`` itself is left as it was.
+    - ``bnb-int8`` / ``bnb-nf4``: the chosen Linear layers of ``model`` are replaced in place by bitsandbytes
+      layers; returns ``model``.
+
+    The layers are those ``filter_fn(module, fqn)`` admits (torchao's filter) among the policy's units; a policy
+    without units (``QuantPolicy(backend=...)``) admits every layer.
+    """
+    if policy.backend == "none":
+        raise ValueError("QuantPolicy(backend='none') quantizes nothing; name a backend: "
+                         + ", ".join(ORT_BACKENDS + BNB_BACKENDS))
+    batches = list(example_inputs) if isinstance(example_inputs, (list, tuple)) else [example_inputs]
+    modules = dict(model.named_modules())
+
+    def admitted(path: str) -> bool:
+        if policy.int8_units and not in_units(path, policy.int8_units):
+            return False
+        return filter_fn is None or filter_fn(modules[path], path)
+
+    if policy.backend in BNB_BACKENDS:
+        return quantize_torch(model, policy, device=device, layer_filter=admitted)
+    if policy.backend not in ORT_BACKENDS:
+        raise ValueError(f"unknown quantization backend {policy.backend!r}; expected one of "
+                         + ", ".join(ORT_BACKENDS + BNB_BACKENDS))
+    source = copy.deepcopy(model).cpu().eval()
+    fold_batchnorm(source)  # compress's own conv blocks; the exporter folds plain Conv+BatchNorm itself
+    proto = export_onnx(source, batches[0].cpu())
+    proto, int8 = quantize_onnx(proto, source, policy, [b.cpu() for b in batches], layer_filter=admitted)
+    return OrtModule(proto, sorted(int8), threads=threads, device=device)

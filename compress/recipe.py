@@ -92,6 +92,14 @@ class SupernetConfig(_Strict):
     random_subnets: int = Field(default=2, ge=0, le=32, description="random subnets per step besides largest and smallest")
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     distill_temperature: float = Field(default=1.0, gt=0, le=100)
+    # Ranking options (issue 11; each measured in bench_results/supernet_ranking*.md):
+    # the in-place distillation loss: KL, or AlphaNet's adaptive alpha-divergence (max of alpha = -1 and +1)
+    kd_loss: Literal["kl", "alpha"] = "kl"
+    # few-shot split by block family: no weight of a stage is trained by two families
+    few_shot: bool = False
+    # NASViT's gradient projection: a sampled subnet's gradient that conflicts with the largest subnet's
+    # (negative inner product, per weight tensor) loses its component along the largest one's
+    gradient_projection: bool = False
     grad_clip: float = Field(default=5.0, gt=0)
     bn_calibration_batches: int = Field(default=10, ge=1, le=10_000)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between resumable checkpoints")
@@ -465,7 +473,14 @@ def _resolve(value: str, base: Path, must_exist: bool = True) -> Path:
 def load_recipe(path: str | Path) -> LoadedRecipe:
     """Read and validate a recipe, and the search space it names. Raises :class:`RecipeError`."""
     path = Path(path)
-    data = read_yaml(path)
+    return recipe_from_dict(read_yaml(path), path)
+
+
+def recipe_from_dict(data: dict, path: str | Path) -> LoadedRecipe:
+    """Validate a recipe held in memory; ``path`` names it in errors and anchors its relative paths."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, not {type(data).__name__}")
     version = data.get("version")
     if version is None:
         raise RecipeError(f"{path}: version: required field is missing (this compress reads version {RECIPE_VERSION})")

@@ -25,8 +25,8 @@ from compress.policies.prune import prune
 from compress.policies.tome import apply_merge
 from compress.space import Arch
 from compress.supernet.subnet import calibrated_subnet
-from compress.train.bn import recalibrate_bn
-from compress.train.finetune import finetune
+from compress.nn.bn import recalibrate_bn
+from compress.policies.finetune import finetune
 
 
 def attention_heavy(space) -> Arch:

@@ -23,20 +23,21 @@ from compress.recipe import LoadedRecipe
 from compress.search.candidate import CandidateSpec, build_candidate, measure_candidate
 from compress.search.hypervolume import hypervolume
 from compress.search.loop import anchor_reference, run_search
-from compress.search.outputs import BASELINE_ATTR
+from compress.search.record import TrialRecord
 
 
 def summarize(study) -> dict:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
-    base = {t.user_attrs[BASELINE_ATTR]: t.user_attrs["metrics"] for t in done if t.user_attrs.get(BASELINE_ATTR)}
+    done = [r for r in map(TrialRecord.from_trial, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            if r.metrics]
+    base = {r.baseline: r.metrics for r in done if r.baseline}
     fp32 = base["largest-fp32"]
     # The fully-INT8 largest subnet to beat: the fastest INT8 baseline for latency, the smallest for size.
     int8_fast = min((m for n, m in base.items() if "int8" in n), key=lambda m: m["latency_ms"])
     int8_small = min((m for n, m in base.items() if "int8" in n), key=lambda m: m["size_mb"])
-    points = [(1 - t.user_attrs["metrics"]["accuracy"], t.user_attrs["metrics"]["latency_ms"] / fp32["latency_ms"],
-               t.user_attrs["metrics"]["size_mb"] / fp32["size_mb"]) for t in done]
+    points = [(1 - r.metrics["accuracy"], r.metrics["latency_ms"] / fp32["latency_ms"],
+               r.metrics["size_mb"] / fp32["size_mb"]) for r in done]
     hv = hypervolume(points, reference=(1.0, 1.5, 1.5))
-    close = [t.user_attrs["metrics"] for t in done if t.user_attrs["metrics"]["accuracy"] >= fp32["accuracy"] - 0.005]
+    close = [r.metrics for r in done if r.metrics["accuracy"] >= fp32["accuracy"] - 0.005]
     fastest = min(close, key=lambda m: m["latency_ms"])
     smallest = min(close, key=lambda m: m["size_mb"])
     return {
@@ -60,8 +61,9 @@ def reproduce(study, context, times: int = 3) -> list[dict]:
     latency is compared with their median."""
     rows = []
     for trial in study.best_trials:
-        recorded = trial.user_attrs["metrics"]
-        candidate = build_candidate(context, CandidateSpec.from_dict(trial.user_attrs["spec"]))
+        record = TrialRecord.from_trial(trial)
+        recorded = record.metrics
+        candidate = build_candidate(context, CandidateSpec.from_dict(record.spec))
         measured = [measure_candidate(candidate, context) for _ in range(times)]
         latencies = sorted(m.latency_ms for m in measured)
         median = statistics.median(latencies)

@@ -32,7 +32,7 @@ from compress.nn import build_model
 from compress.search.ranking import kendall_tau, spearman
 from compress.supernet import extract_subnet, subnet_config
 from compress.supernet.subnet import calibrated_subnet
-from compress.train.finetune import finetune
+from compress.policies.finetune import finetune
 
 
 def spread_architectures(space, supernet, n: int, shape, seed: int = 0):

@@ -14,18 +14,15 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench_results"
 
 
-def trained_context(recipe_path: str, run_dir: str | None = None, log=print):
+def trained_context(recipe_path: str, run_dir: str | None = None):
     """The recipe, its trained supernet (trained now if missing) and a BuildContext, as the search builds them."""
-    from compress.recipe import load_recipe
-    from compress.search.loop import load_context
-    from compress.supernet.checkpoint import load_supernet
-    from compress.train.supernet import train_supernet
+    import logging
 
-    loaded = load_recipe(recipe_path)
-    run = loaded.run_dir(run_dir)
-    ckpt_dir = train_supernet(loaded, run, log=log)
-    checkpoint = load_supernet(ckpt_dir)
-    return loaded, checkpoint, load_context(loaded, checkpoint)
+    from compress.api import build_context
+
+    # A script is an application: it shows the library's progress (the library itself never configures logging).
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return build_context(recipe_path, run_dir)
 
 
 def interleaved_latency(runners: dict, example, rounds: int = 7, per_round: int = 50, warmup: int = 20) -> dict:

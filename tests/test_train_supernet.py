@@ -49,7 +49,7 @@ def test_train_kill_resume_and_reuse(tmp_path):
     ckpt = load_supernet(run / "supernet")
     assert ckpt.meta["resumed_from_epoch"] == done_before
     assert ckpt.meta["epochs"] == 8
-    assert set(ckpt.meta["metrics"]) == {"largest", "smallest_attn", "smallest_conv"}
+    assert set(ckpt.meta["metrics"]) == {"largest", "largest_attn", "largest_conv", "smallest_attn", "smallest_conv"}
     assert ckpt.meta["metrics"]["largest"] > 0.5  # 4 classes: well above chance
     assert ckpt.meta["data"]["num_classes"] == 4 and ckpt.meta["data"]["in_channels"] == 3
     assert not (run / "supernet-state").exists()  # partial state cleaned up once the final checkpoint exists

@@ -6,7 +6,7 @@ travel with the splits (:attr:`DatasetSplits.mean` / ``std``) for the model to a
 
 from compress.data.base import DatasetSplits, ImageDataset, Split
 from compress.data.load import SOURCES, load_dataset
-from compress.data.loaders import augment_batch, calibration_batches, make_loader
+from compress.data.loaders import ReferenceBatches, augment_batch, calibration_batches, make_loader, reference_batches
 
 __all__ = [
     "SOURCES",
@@ -15,6 +15,8 @@ __all__ = [
     "Split",
     "augment_batch",
     "calibration_batches",
+    "reference_batches",
+    "ReferenceBatches",
     "load_dataset",
     "make_loader",
 ]

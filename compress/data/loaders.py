@@ -7,6 +7,7 @@ accuracy differences would be noise. Every random choice here is therefore drawn
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -87,3 +88,24 @@ def calibration_batches(split: Split, n_batches: int, batch_size: int, seed: int
     rounds = math.ceil(needed / len(split))
     index = torch.cat([torch.randperm(len(split), generator=generator) for _ in range(rounds)])[:needed]
     return [split.images[chunk].float().div_(255.0) for chunk in index.split(batch_size)]
+
+
+# The batches that make a built candidate reproducible: BatchNorm recalibration and quantization calibration.
+# Search, export, supernet evaluation and ``compress distill`` all draw them here, so an artifact rebuilt
+# anywhere sees the same images (the sizes and seed offsets are part of what the search measured).
+BN_BATCH_SIZE, CALIBRATION_BATCH_SIZE, CALIBRATION_SEED_OFFSET = 64, 32, 1
+
+
+@dataclass(frozen=True)
+class ReferenceBatches:
+    bn: list[torch.Tensor]  # BatchNorm recalibration of a subnet
+    calibration: list[torch.Tensor]  # activation ranges for static INT8 quantization
+
+
+def reference_batches(split: Split, seed: int, *, bn: int = 0, calibration: int = 0) -> ReferenceBatches:
+    """``bn`` BatchNorm batches and ``calibration`` quantization batches of ``split``, deterministic from ``seed``."""
+    return ReferenceBatches(
+        bn=calibration_batches(split, bn, BN_BATCH_SIZE, seed=seed) if bn else [],
+        calibration=(calibration_batches(split, calibration, CALIBRATION_BATCH_SIZE, seed=seed + CALIBRATION_SEED_OFFSET)
+                     if calibration else []),
+    )

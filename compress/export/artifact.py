@@ -60,7 +60,7 @@ def write_artifact(path: Path, candidate, metrics, *, data, target, provenance: 
                    extra_metrics: dict[str, Any] | None = None, write_onnx: bool = True) -> Path:
     """Write ``candidate`` (a built :class:`~compress.search.candidate.Candidate`) to ``path`` atomically."""
     from compress.export.card import model_card
-    from compress.export.onnx import export_onnx
+    from compress.nn.onnx_export import export_onnx
 
     deployable = candidate.deployable
     staging = path.with_name(path.name + ".tmp")

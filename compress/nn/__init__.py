@@ -2,10 +2,10 @@
 
 from compress.nn.blocks import Attention, MBConv, TransformerBlock
 from compress.nn.layers import ConvBNAct, Normalize
-from compress.nn.net import AttnStage, ConvStage, HybridNet, build_model, check_config, pool_tokens
+from compress.nn.net import HybridNet, build_model, check_config, pool_tokens
 from compress.nn.token_merging import merge_tokens
 
 __all__ = [
-    "Attention", "AttnStage", "ConvBNAct", "ConvStage", "HybridNet", "MBConv", "Normalize", "TransformerBlock",
+    "Attention", "ConvBNAct", "HybridNet", "MBConv", "Normalize", "TransformerBlock",
     "build_model", "check_config", "merge_tokens", "pool_tokens",
 ]

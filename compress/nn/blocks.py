@@ -43,6 +43,8 @@ class Attention(nn.Module):
     whole heads; after pruning only ``num_heads`` has to be updated (head_dim is derived from shapes).
     """
 
+    attend = staticmethod(attend)  # families may swap the attention function (linear attention)
+
     def __init__(self, dim: int, num_heads: int, head_dim: int):
         super().__init__()
         self.num_heads = num_heads
@@ -64,7 +66,7 @@ class Attention(nn.Module):
         bias = None
         if size is not None:
             bias = size.log().transpose(1, 2).unsqueeze(1)  # (B, 1, 1, N): a merged key counts `size` times
-        out = attend(q, k, v, bias).transpose(1, 2).reshape(batch, tokens, -1)
+        out = self.gate_heads(x, self.attend(q, k, v, bias)).transpose(1, 2).reshape(batch, tokens, -1)
         metric = None
         if with_metric:
             # Sum over heads as a product with stacked identities, on the keys before the head permute: a
@@ -74,15 +76,30 @@ class Attention(nn.Module):
             metric = projected[..., width:2 * width] @ stacked
         return self.proj(out), metric
 
+    def gate_heads(self, x: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Each head's output (B, heads, N, head_dim) as it enters the projection; subclasses gate it."""
+        return heads
+
+    # The pruning protocol (compress.policies.prune): whether whole heads may be removed, and layers whose
+    # outputs the dependency graph cannot follow (kept whole; their inputs still shrink with the width).
+    heads_prunable = True
+
+    def untraced_layers(self) -> list[nn.Module]:
+        return []
+
 
 class TransformerBlock(nn.Module):
-    """Pre-norm transformer block; ``merge_r`` tokens are merged between attention and MLP (as in ToMe)."""
+    """Pre-norm transformer block; ``merge_r`` tokens are merged between attention and MLP (as in ToMe).
+    Families that change only the attention subclass it with another ``attention_type`` and ``family``."""
+
+    family = "attn"
+    attention_type = Attention
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_hidden: int, merge_r: int = 0):
         super().__init__()
         self.merge_r = merge_r
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, head_dim)
+        self.attn = self.attention_type(dim, num_heads, head_dim)
         self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, mlp_hidden)
         self.act = nn.GELU()
@@ -98,7 +115,7 @@ class TransformerBlock(nn.Module):
 
     def config(self) -> dict:
         return {
-            "type": "attn",
+            "type": self.family,
             "heads": self.attn.num_heads,
             "head_dim": self.attn.head_dim,
             "mlp_hidden": self.fc1.out_features,

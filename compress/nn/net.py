@@ -1,5 +1,8 @@
 """HybridNet: the static, deployable network that every extracted, pruned or merged subnet becomes.
 
+Its stages are built by their block family's plugin (:mod:`compress.registry`); each static stage names its
+family (``stage.family``), has a ``downsample`` convolution and ``blocks`` that report their own config.
+
 It is built from a plain JSON-able config (exact layer sizes), and :meth:`HybridNet.config` reads that
 config back from the module shapes. So a model changed in place (pruned by torch-pruning, merged by the
 token-merging policy) is saved as its config plus safetensors weights and rebuilt without pickling and
@@ -14,58 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.nn.blocks import MBConv, TransformerBlock
 from compress.nn.layers import ConvBNAct, Normalize
+from compress.registry import family_names, get_family
 
 CONFIG_VERSION = 1
-
-
-class ConvStage(nn.Module):
-    """Down-sampling convolution then inverted-residual blocks. With ``pool`` (the last stage) it returns
-    pooled features instead of a grid."""
-
-    def __init__(self, in_ch: int, dim: int, stride: int, blocks: list[dict], pool: bool = False):
-        super().__init__()
-        self.pool = pool
-        self.downsample = ConvBNAct(in_ch, dim, 3, stride)
-        self.blocks = nn.ModuleList(MBConv(dim, b["hidden"], b["kernel_size"]) for b in blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        for block in self.blocks:
-            x = block(x)
-        return x.mean(dim=(2, 3)) if self.pool else x
-
-
-class AttnStage(nn.Module):
-    """Down-sampling convolution, a depthwise-conv positional encoding (CPVT-style: works at any
-    resolution and costs little), then transformer blocks over the flattened grid and a final LayerNorm."""
-
-    def __init__(self, in_ch: int, dim: int, stride: int, blocks: list[dict], pool: bool = False):
-        super().__init__()
-        self.pool = pool
-        self.downsample = ConvBNAct(in_ch, dim, 3, stride)
-        self.pos = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(dim, b["heads"], b["head_dim"], b["mlp_hidden"], b.get("merge_r", 0)) for b in blocks
-        )
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        x = x + self.pos(x)
-        height, width = x.shape[-2], x.shape[-1]
-        tokens = x.flatten(2).transpose(1, 2)
-        size = None
-        for block in self.blocks:
-            tokens, size = block(tokens, size)
-        tokens = self.norm(tokens)
-        if self.pool:
-            return pool_tokens(tokens, size)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
-
-
-STAGES = {"conv": ConvStage, "attn": AttnStage}
 
 
 def pool_tokens(tokens: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
@@ -86,7 +41,8 @@ class HybridNet(nn.Module):
         self.stages = nn.ModuleList()
         last = len(config["stages"]) - 1
         for i, stage in enumerate(config["stages"]):
-            self.stages.append(STAGES[stage["type"]](in_ch, stage["out"], stage["stride"], stage["blocks"], pool=i == last))
+            family = get_family(stage["type"])
+            self.stages.append(family.static_stage(in_ch, stage["out"], stage["stride"], stage["blocks"], i == last))
             in_ch = stage["out"]
         self.classifier = nn.Linear(in_ch, config["num_classes"])
 
@@ -105,9 +61,8 @@ class HybridNet(nn.Module):
         """The config that rebuilds this model, read from the current module shapes."""
         stages = []
         for stage in self.stages:
-            kind = "attn" if isinstance(stage, AttnStage) else "conv"
             stages.append({
-                "type": kind,
+                "type": stage.family,
                 "out": stage.downsample.conv.out_channels,
                 "stride": stage.downsample.conv.stride[0],
                 "blocks": [b.config() for b in stage.blocks],
@@ -141,8 +96,8 @@ def check_config(config: dict[str, Any]) -> None:
             raise ValueError("no stages")
         last = len(config["stages"]) - 1
         for i, stage in enumerate(config["stages"]):
-            if stage["type"] not in STAGES:
-                raise ValueError(f"stages[{i}].type {stage['type']!r} not in {sorted(STAGES)}")
+            if stage["type"] not in family_names():
+                raise ValueError(f"stages[{i}].type {stage['type']!r} not in {family_names()}")
             if not stage["blocks"]:
                 raise ValueError(f"stages[{i}] has no blocks")
             merges = [b.get("merge_r", 0) for b in stage["blocks"]]

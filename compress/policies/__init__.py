@@ -2,7 +2,7 @@
 
     PrunePolicy    -> compress.policies.prune.prune
     MergePolicy    -> compress.policies.tome.apply_merge
-    DistillPolicy  -> compress.train.finetune.finetune (recovery distillation)
+    DistillPolicy  -> compress.policies.finetune.finetune (recovery distillation)
     QuantPolicy    -> compress.deploy.lower (ONNX Runtime / bitsandbytes), always last
 """
 

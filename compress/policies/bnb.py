@@ -12,8 +12,12 @@ from torch import nn
 
 
 def _bnb():
-    import bitsandbytes as bnb  # imported lazily: it probes for GPU kernels at import time
+    try:
+        import bitsandbytes as bnb  # imported lazily: it probes for GPU kernels at import time
+    except ImportError:
+        from compress.errors import CompressError
 
+        raise CompressError("the bnb-int8 / bnb-nf4 backends need bitsandbytes: pip install 'compress[bnb]'") from None
     return bnb
 
 

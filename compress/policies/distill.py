@@ -9,6 +9,7 @@ pooled features (B x B), so no projection between feature spaces is needed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,6 +40,31 @@ class DistillPolicy:
 def logit_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     t = temperature
     return F.kl_div(F.log_softmax(student / t, dim=-1), F.softmax(teacher / t, dim=-1), reduction="batchmean") * t * t
+
+
+def alpha_divergence_loss(student: torch.Tensor, teacher: torch.Tensor, alphas: tuple[float, float] = (-1.0, 1.0),
+                          clip: float = 5.0) -> torch.Tensor:
+    """AlphaNet's adaptive alpha-divergence for in-place distillation: the larger of D_a(p || q) for a negative
+    and a positive ``a`` (p the teacher's distribution, q the student's), per sample, averaged.
+
+    KL (a = 1) punishes a student that under-estimates classes the teacher finds likely, but barely one that
+    spreads mass over classes the teacher rules out; a negative ``a`` punishes the latter. Taking the larger
+    of the two penalizes both kinds of mismatch. The density ratio
+    (p / q)^a is clipped at ``clip`` (AlphaNet's beta), since for a < 0 it grows without bound where q -> 0.
+    """
+    log_q, log_p = F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1)
+    q = log_q.exp()
+    divergences = []
+    for a in alphas:
+        if a == 1.0:
+            d = (log_p.exp() * (log_p - log_q)).sum(-1)
+        elif a == 0.0:
+            d = (q * (log_q - log_p)).sum(-1)
+        else:
+            ratio = (a * (log_p - log_q)).clamp(max=math.log(clip)).exp()  # (p / q)^a, clipped
+            d = ((q * ratio).sum(-1) - 1) / (a * (a - 1))
+        divergences.append(d)
+    return torch.stack(divergences).max(dim=0).values.mean()
 
 
 def similarity_loss(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,14 @@ Backends (measured on the target, never assumed to pay):
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import platform
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ClassVar
 
 import numpy as np
 import onnx
@@ -29,12 +33,16 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
 ORT_BACKENDS = ("ort-static", "ort-dynamic")
 BNB_BACKENDS = ("bnb-int8", "bnb-nf4")
 
 
 @dataclass(frozen=True)
 class QuantPolicy:
+    VERSION: ClassVar[int] = 1  # bump when a field changes meaning; from_dict keeps reading older records
+
     backend: str = "none"
     int8_units: tuple[str, ...] = field(default_factory=tuple)
 
@@ -53,6 +61,12 @@ class QuantPolicy:
 def model_units(model: nn.Module) -> list[str]:
     """The quantization units of a :class:`~compress.nn.HybridNet`, in order."""
     return ["stem"] + [f"stages.{i}" for i in range(len(model.stages))] + ["classifier"]
+
+
+def in_units(module_path: str, units) -> bool:
+    """Whether a layer lies in one of ``units``; a unit is a module path prefix (``stages.1`` holds
+    ``stages.1.blocks.0.mlp.fc1``), so the same policy names parts of any model, not only a HybridNet."""
+    return any(module_path == u or module_path.startswith(u + ".") for u in units)
 
 
 def unit_of(module_path: str) -> str | None:
@@ -79,9 +93,22 @@ class WeightRef:
     node: str  # name of the consuming node
 
 
-def _module_path(node_name: str) -> str:
-    # The TorchScript exporter names nodes "/stages.1/blocks.0/attn/qkv/MatMul": module path + op.
-    return ".".join(node_name.strip("/").split("/")[:-1])
+def _module_path(node_name: str, modules: dict[str, nn.Module] | None = None) -> str:
+    # The TorchScript exporter names nodes "/stages.1/blocks.0/attn/qkv/MatMul": module path + op. A called
+    # container (nn.Sequential) gets a scope of its own and its children repeat its name: "/mlp/mlp.1/MatMul"
+    # is module "mlp.1", so a segment that extends the previous one continues it rather than nesting in it.
+    segments = node_name.strip("/").split("/")[:-1]
+    plain = ".".join(segments)
+    parts: list[str] = []
+    for seg in segments:
+        if parts and seg.startswith(parts[-1] + "."):
+            parts.append(seg[len(parts[-1]) + 1:])
+        else:
+            parts.append(seg)
+    merged = ".".join(parts)
+    if modules is not None and plain not in modules and merged in modules:
+        return merged
+    return plain
 
 
 def weight_refs(proto: onnx.ModelProto, model: nn.Module) -> list[WeightRef]:
@@ -91,7 +118,7 @@ def weight_refs(proto: onnx.ModelProto, model: nn.Module) -> list[WeightRef]:
     for node in proto.graph.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
             continue
-        path = _module_path(node.name)
+        path = _module_path(node.name, modules)
         module = modules.get(path)
         if isinstance(module, nn.Linear):
             layout = "matmul" if node.op_type == "MatMul" else "gemm"
@@ -104,14 +131,38 @@ def weight_refs(proto: onnx.ModelProto, model: nn.Module) -> list[WeightRef]:
     return refs
 
 
+def _u8s8_saturates() -> bool:
+    """Whether ONNX Runtime's uint8 x int8 kernels can saturate on this CPU.
+
+    On x86 without VNNI, ORT multiplies uint8 activations by int8 weights with VPMADDUBSW, which adds pairs
+    of products into int16 and saturates (ORT's quantization docs). Measured on an AVX2-only EPYC: a static
+    INT8 model's logits off by 70% of their range, against a few percent on an AVX-512 VNNI one. 7-bit
+    weights (``reduce_range``) cannot overflow there, at a small cost in precision, so they are used on
+    exactly those CPUs. ARM has no such kernel.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # cannot tell: the safe choice
+    return not re.search(r"\b(avx512_vnni|avx512vnni|avx_vnni|amx_int8)\b", flags)
+
+
+REDUCE_RANGE = _u8s8_saturates()
+
+
 def quantize_onnx(proto: onnx.ModelProto, model: nn.Module, policy: QuantPolicy,
-                  calibration: list[torch.Tensor]) -> tuple[onnx.ModelProto, dict[str, dict[str, torch.Tensor]]]:
+                  calibration: list[torch.Tensor], layer_filter: Callable[[str], bool] | None = None,
+                  ) -> tuple[onnx.ModelProto, dict[str, dict[str, torch.Tensor]]]:
     """Apply an ONNX Runtime policy to ``proto`` (exported from ``model``).
+
+    The layers are those of the policy's units, or those ``layer_filter(module_path)`` admits when given.
 
     Returns the quantized model and, for every layer now stored in INT8, its int8 weight in torch layout
     with scale and zero point (keyed by module path), for ``model.safetensors``.
     """
-    if not policy.enabled:
+    if not policy.enabled and layer_filter is None:
         return proto, {}
     if policy.backend not in ORT_BACKENDS:
         raise ValueError(f"{policy.backend!r} is not an ONNX Runtime backend")
@@ -120,7 +171,8 @@ def quantize_onnx(proto: onnx.ModelProto, model: nn.Module, policy: QuantPolicy,
     refs = weight_refs(proto, model)
     units = set(policy.int8_units)
     kinds = {"linear"} if policy.backend == "ort-dynamic" else {"linear", "conv"}
-    chosen = [r for r in refs if unit_of(r.module) in units and r.kind in kinds]
+    chosen = [r for r in refs if r.kind in kinds
+              and (layer_filter(r.module) if layer_filter is not None else unit_of(r.module) in units)]
     if not chosen:
         return proto, {}
 
@@ -131,24 +183,33 @@ def quantize_onnx(proto: onnx.ModelProto, model: nn.Module, policy: QuantPolicy,
         def get_next(self):
             return next(self._batches, None)
 
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer warns about pre-processing on every call
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            onnx.save(proto, src)
-            nodes = [r.node for r in chosen]
-            if policy.backend == "ort-dynamic":
-                quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
-                                 op_types_to_quantize=["MatMul", "Gemm"])
-            else:
-                quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                nodes_to_quantize=nodes, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
-            quantized = onnx.load(dst)
-    finally:
-        logging.getLogger().setLevel(quiet)
+    with _ort_quantizer_warnings_to_debug(), tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, src)
+        nodes = [r.node for r in chosen]
+        if policy.backend == "ort-dynamic":
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
+                             op_types_to_quantize=["MatMul", "Gemm"], reduce_range=REDUCE_RANGE)
+        else:
+            quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=nodes, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                            reduce_range=REDUCE_RANGE)
+        quantized = onnx.load(dst)
     return quantized, _int8_weights(quantized, chosen)
+
+
+@contextlib.contextmanager
+def _ort_quantizer_warnings_to_debug():
+    """ONNX Runtime's quantizer warns about pre-processing on every call through the module-level
+    ``logging.warning``, which also configures the root logger when nobody has. A library must not touch the
+    root logger, so for the duration of the call those warnings go to this module's logger at DEBUG level."""
+    original = logging.warning
+    logging.warning = lambda msg, *args, **kwargs: logger.debug("onnxruntime: " + str(msg), *args)
+    try:
+        yield
+    finally:
+        logging.warning = original
 
 
 def _int8_weights(proto: onnx.ModelProto, refs: list[WeightRef]) -> dict[str, dict[str, torch.Tensor]]:
@@ -217,9 +278,11 @@ def compact_names(proto: onnx.ModelProto) -> onnx.ModelProto:
 # PyTorch (bitsandbytes)
 
 
-def quantize_torch(model: nn.Module, policy: QuantPolicy, device: str = "cpu") -> nn.Module:
-    """Replace the Linear layers of the policy's INT8 units with bitsandbytes layers, in place."""
-    if not policy.enabled:
+def quantize_torch(model: nn.Module, policy: QuantPolicy, device: str = "cpu",
+                   layer_filter: Callable[[str], bool] | None = None) -> nn.Module:
+    """Replace the Linear layers of the policy's INT8 units (or those ``layer_filter(module_path)`` admits)
+    with bitsandbytes layers, in place."""
+    if not policy.enabled and layer_filter is None:
         return model
     if policy.backend not in BNB_BACKENDS:
         raise ValueError(f"{policy.backend!r} is not a PyTorch backend")
@@ -227,7 +290,8 @@ def quantize_torch(model: nn.Module, policy: QuantPolicy, device: str = "cpu") -
 
     units = set(policy.int8_units)
     for path, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and unit_of(path) in units and bnb_supports(module, policy.backend, device):
+        chosen = layer_filter(path) if layer_filter is not None else unit_of(path) in units
+        if isinstance(module, nn.Linear) and chosen and bnb_supports(module, policy.backend, device):
             model.set_submodule(path, to_bnb_linear(module, policy.backend, device))
     return model
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compress.nn.blocks import TransformerBlock
-from compress.nn.net import AttnStage, HybridNet
+from compress.nn.net import HybridNet
+from compress.registry import get_family
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ class MergePolicy:
 
 def merge_skip_reason(model: HybridNet) -> str | None:
     """Why token merging cannot apply to ``model`` (None if it can)."""
-    if not isinstance(model.stages[-1], AttnStage):
-        return "the last stage is convolutional: no attention layer whose tokens could be merged"
+    family = get_family(model.stages[-1].family)
+    if not family.token_merging:
+        return f"the last stage is {family.kind} ({family.name!r}): no attention layer whose tokens could be merged"
     return None
 
 
@@ -45,6 +46,6 @@ def apply_merge(model: HybridNet, policy: MergePolicy) -> HybridNet:
     if reason:
         raise ValueError(reason)
     for block in model.stages[-1].blocks:
-        if isinstance(block, TransformerBlock):
+        if hasattr(block, "merge_r"):  # the merge protocol: the block merges `merge_r` tokens in its forward
             block.merge_r = policy.r
     return model

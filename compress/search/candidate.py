@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from compress.data import DatasetSplits, Split, calibration_batches
+from compress.data import DatasetSplits, Split, reference_batches
 from compress.deploy import Deployable, lower
 from compress.measure.accuracy import accuracy
 from compress.measure.latency import (
@@ -41,8 +41,8 @@ from compress.recipe import AugmentConfig, TargetConfig
 from compress.space import Arch
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
-from compress.train.bn import recalibrate_bn
-from compress.train.finetune import finetune
+from compress.nn.bn import recalibrate_bn
+from compress.policies.finetune import finetune
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class BuildContext:
                bn_batches: int, calibration_batches_n: int, eval_batch_size: int = 256,
                augment: AugmentConfig | None = None,
                teacher_factory: Callable[[], torch.nn.Module] | None = None) -> "BuildContext":
-        bn = calibration_batches(data.train, bn_batches, batch_size=64, seed=seed)
+        batches = reference_batches(data.train, seed, bn=bn_batches, calibration=calibration_batches_n)
+        bn = batches.bn
         if teacher_factory is None:
             # Default teacher: the supernet's largest subnet (what the supernet was distilled from).
             teacher_factory = lambda: calibrated_subnet(supernet, supernet.space.largest(), bn)  # noqa: E731
@@ -90,7 +91,7 @@ class BuildContext:
             data=data,
             target=target,
             bn_batches=bn,
-            calibration=calibration_batches(data.train, calibration_batches_n, batch_size=32, seed=seed + 1),
+            calibration=batches.calibration,
             labeled_batch=_labeled_batch(data.train, 64, seed),
             eval_batch_size=eval_batch_size,
             augment=augment or AugmentConfig(),

@@ -10,6 +10,7 @@ this host, after the heartbeat grace period elsewhere) and, if the recipe asks, 
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
 from compress.search.candidate import BuildContext, build_candidate, measure_candidate
 from compress.search.outputs import BASELINE_ATTR, write_outputs
+from compress.search.record import PRUNE_REASON, TrialRecord, record_failure, record_result, record_start
 from compress.search.study import (
     WORKER_ATTR,
     count_states,
@@ -36,7 +38,9 @@ from compress.search.study import (
 )
 from compress.search.suggest import baseline_specs, params_of, suggest_spec
 from compress.supernet.checkpoint import SupernetCheckpoint, load_supernet
-from compress.train.supernet import supernet_dir
+from compress.supernet.checkpoint import supernet_dir
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -54,7 +58,7 @@ def load_context(loaded: LoadedRecipe, checkpoint: SupernetCheckpoint) -> BuildC
     distill = recipe.search.policies.distill
     teacher_factory = None
     if distill.enabled and distill.teacher != "largest":
-        from compress.train.teacher import check_teacher_outputs, load_teacher
+        from compress.search.teacher import check_teacher_outputs, load_teacher
 
         # Loaded now, not at the first distilling trial, so a missing or mismatched teacher stops the search
         # before it starts.
@@ -111,7 +115,8 @@ def preflight(loaded: LoadedRecipe, run_dir: Path, storage: str | None, study_na
 
 
 def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = None, study_name: str | None = None,
-               supernet_path: Path | None = None, log=print) -> optuna.Study:
+               supernet_path: Path | None = None, log=None) -> optuna.Study:
+    log = log or logger.info  # progress goes to logging; the CLI shows it
     recipe, cfg = loaded.recipe, loaded.recipe.search
     ensure_writable_dir(run_dir)
     checkpoint = load_supernet(supernet_path or supernet_dir(run_dir))
@@ -129,27 +134,23 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
         ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
                  if t.number < trial.number]
         if len(ahead) >= n_trials:
-            trial.set_user_attr("prune_reason", "surplus: the study already had enough trials")
+            trial.set_user_attr(PRUNE_REASON, "surplus: the study already had enough trials")
             raise optuna.TrialPruned("surplus")
         trial.set_user_attr(WORKER_ATTR, me)
         spec = suggest_spec(trial, loaded.space, recipe)
-        trial.set_user_attr("spec", spec.to_dict())
-        trial.set_user_attr("arch", spec.arch.describe())
-        trial.set_user_attr("policies", spec.policies.describe())
-        trial.set_user_attr("versions", versions)
+        record_start(trial, spec, versions)
         try:
             candidate = build_candidate(context, spec)
             metrics = measure_candidate(candidate, context)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrialError) else str(exc)
-            trial.set_user_attr("fail_reason", reason[:2000])
+            record_failure(trial, reason)
             raise
         values = metrics.objectives()
         if not all(math.isfinite(values[m]) for m in objectives):
-            trial.set_user_attr("fail_reason", f"non-finite metric: {values}")
+            record_failure(trial, f"non-finite metric: {values}")
             raise TrialError(f"non-finite metric: {values}")
-        trial.set_user_attr("metrics", metrics.to_dict())
-        trial.set_user_attr("notes", candidate.notes)
+        record_result(trial, metrics.to_dict(), candidate.notes)
         for constraint in cfg.constraints:
             trial.set_constraint(str(constraint), constraint.violation(values))
         return [values[m] for m in objectives]
@@ -192,7 +193,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
                 write_outputs(study, run_dir, loaded)
                 raise CompressError(
                     f"{failures_in_a_row} trials in a row failed in this worker; the last one: "
-                    f"{trial.user_attrs.get('fail_reason', 'unknown reason')}. The study and its completed "
+                    f"{TrialRecord.from_trial(trial).fail_reason or 'unknown reason'}. The study and its completed "
                     f"trials are intact; see {run_dir / 'trials.csv'}.")
     bar.close()
     if not sys.stderr.isatty():
@@ -222,13 +223,13 @@ def _requeue_interrupted(study: optuna.Study, me: dict, log) -> None:
 
 
 def _trial_line(trial, elapsed: float) -> str:
+    record = TrialRecord.from_trial(trial)
     if trial.state == TrialState.FAIL:
-        return f"trial {trial.number}: FAILED: {trial.user_attrs.get('fail_reason', 'unknown reason')}"
-    m = trial.user_attrs.get("metrics", {})
-    base = trial.user_attrs.get(BASELINE_ATTR)
+        return f"trial {trial.number}: FAILED: {record.fail_reason or 'unknown reason'}"
+    m = record.metrics
     return (f"trial {trial.number}: acc {m.get('accuracy', float('nan')):.4f} latency {m.get('latency_ms', 0):.3f} ms "
-            f"size {m.get('size_mb', 0):.3f} MB | {trial.user_attrs.get('policies')} | {trial.user_attrs.get('arch')}"
-            + (f" [baseline {base}]" if base else "") + f" ({elapsed:.0f}s)")
+            f"size {m.get('size_mb', 0):.3f} MB | {record.policies or None} | {record.arch or None}"
+            + (f" [baseline {record.baseline}]" if record.baseline else "") + f" ({elapsed:.0f}s)")
 
 
 def _enqueue_baselines(study: optuna.Study, loaded: LoadedRecipe) -> None:

@@ -12,8 +12,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from compress.fsutil import write_bytes_atomic, write_json_atomic, write_text_atomic
+from compress.search.record import BASELINE, TrialRecord
 
-BASELINE_ATTR = "compress.baseline"
+BASELINE_ATTR = BASELINE  # the old name, kept for its importers
 METRIC_COLUMNS = ("accuracy", "latency_ms", "latency_p90_ms", "size_mb", "params", "macs")
 
 
@@ -29,7 +30,8 @@ def feasible(trial: FrozenTrial) -> bool:
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
-    metrics = trial.user_attrs.get("metrics", {})
+    record = TrialRecord.from_trial(trial)
+    metrics = record.metrics
     row: dict[str, Any] = {"trial": trial.number, "state": trial.state.name}
     for name in METRIC_COLUMNS:
         row[name] = metrics.get(name)
@@ -37,14 +39,14 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     row["latency_spread"] = latency.get("ratio_spread", latency.get("spread"))
     row["latency_raw_ms"] = latency.get("median_ms")
     row["feasible"] = feasible(trial) if trial.state == TrialState.COMPLETE else None
-    row["baseline"] = trial.user_attrs.get(BASELINE_ATTR, "")
-    row["policies"] = trial.user_attrs.get("policies", "")
-    row["arch"] = trial.user_attrs.get("arch", "")
-    row["notes"] = "; ".join(f"{k}: {v}" for k, v in trial.user_attrs.get("notes", {}).items())
-    row["fail_reason"] = trial.user_attrs.get("fail_reason", trial.user_attrs.get("prune_reason", ""))
+    row["baseline"] = record.baseline
+    row["policies"] = record.policies
+    row["arch"] = record.arch
+    row["notes"] = "; ".join(f"{k}: {v}" for k, v in record.notes.items())
+    row["fail_reason"] = record.fail_reason
     if trial.state == TrialState.FAIL and not row["fail_reason"]:
         # Failed by Optuna's heartbeat check: the worker stopped (or lost the storage) mid-trial.
-        worker = trial.user_attrs.get("compress.worker", {})
+        worker = record.worker
         row["fail_reason"] = f"no heartbeat from worker {worker.get('host', '?')}:{worker.get('pid', '?')}"
     return row
 
@@ -52,7 +54,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 def baselines(study: optuna.Study) -> dict[str, dict[str, Any]]:
     out = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        name = trial.user_attrs.get(BASELINE_ATTR)
+        name = TrialRecord.from_trial(trial).baseline
         if name and name not in out:
             out[name] = trial_row(trial)
     return out
@@ -78,8 +80,8 @@ def write_outputs(study: optuna.Study, run_dir: Path, loaded=None) -> dict[str, 
         "objectives": objectives,
         "constraints": [str(c) for c in loaded.recipe.search.constraints] if loaded else [],
         "completed_trials": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
-        "front": [{**row, "spec": t.user_attrs.get("spec"), "latency": t.user_attrs.get("metrics", {}).get("latency")}
-                  for row, t in zip(rows, best)],
+        "front": [{**row, "spec": r.spec, "latency": r.metrics.get("latency")}
+                  for row, r in zip(rows, map(TrialRecord.from_trial, best))],
         "baselines": baselines(study),
     }
     paths = {name: run_dir / name for name in ("pareto.json", "pareto.csv", "trials.csv", "pareto.png", "baselines.json")}
@@ -98,17 +100,18 @@ def plot_front(study: optuna.Study, best: list[FrozenTrial]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "metrics" in t.user_attrs]
+    metrics = {t.number: TrialRecord.from_trial(t).metrics for t in study.get_trials(deepcopy=False)}
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if metrics[t.number]]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
 
     def xs(ts):
-        return [t.user_attrs["metrics"]["latency_ms"] for t in ts]
+        return [metrics[t.number]["latency_ms"] for t in ts]
 
     def ys(ts):
-        return [100 * t.user_attrs["metrics"]["accuracy"] for t in ts]
+        return [100 * metrics[t.number]["accuracy"] for t in ts]
 
     def sizes(ts):
-        return [max(12.0, 400 * t.user_attrs["metrics"]["size_mb"]) for t in ts]
+        return [max(12.0, 400 * metrics[t.number]["size_mb"]) for t in ts]
 
     best_numbers = {t.number for t in best}
     others = [t for t in done if t.number not in best_numbers]
@@ -119,7 +122,7 @@ def plot_front(study: optuna.Study, best: list[FrozenTrial]) -> bytes:
         ax.scatter(xs(infeasible), ys(infeasible), s=sizes(infeasible), c="#e0a0a0", alpha=0.5, marker="x",
                    label="violates a constraint")
     if best:
-        order = sorted(best, key=lambda t: t.user_attrs["metrics"]["latency_ms"])
+        order = sorted(best, key=lambda t: metrics[t.number]["latency_ms"])
         ax.scatter(xs(order), ys(order), s=sizes(order), c="#1f77b4", alpha=0.85, edgecolors="k",
                    label="Pareto front (accuracy, latency, size)")
         for t in order:

@@ -1,4 +1,9 @@
-"""From an Optuna trial to a :class:`CandidateSpec`, and back (to enqueue baselines as ordinary trials)."""
+"""From an Optuna trial to a :class:`CandidateSpec`, and back (to enqueue baselines as ordinary trials).
+
+Each policy parameter is declared once, as a :class:`~compress.space.Gene` (:func:`policy_genes`); both
+directions of the mapping (:func:`decode_policies`, :func:`encode_policies`) are derived from the genes,
+as the architecture's are from :meth:`SearchSpace.genes`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 from compress.policies import DistillPolicy, MergePolicy, Policies, PrunePolicy, QuantPolicy
 from compress.recipe import QUANT_BACKENDS, Recipe
 from compress.search.candidate import CandidateSpec
-from compress.space import Arch, SearchSpace
+from compress.space import Arch, Gene, SearchSpace
 
 
 def space_units(space: SearchSpace) -> list[str]:
@@ -20,69 +25,81 @@ def quant_backends(recipe: Recipe) -> list[str]:
     return list(cfg.backends or QUANT_BACKENDS[recipe.target.runtime])
 
 
-def _pick(trial, name: str, choices: list):
-    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+def policy_genes(space: SearchSpace, recipe: Recipe) -> list[Gene]:
+    """Every policy parameter a trial decides (one declaration each); see :meth:`SearchSpace.genes`."""
+    cfg = recipe.search.policies
+    genes: list[Gene] = []
+    if cfg.prune.enabled:
+        genes.append(Gene("p.importance", tuple(cfg.prune.importance)))
+        genes += [Gene(f"p.s{i}", tuple(cfg.prune.ratios)) for i in range(len(space.stages))]
+    if cfg.merge.enabled:
+        genes.append(Gene("m.r", tuple(cfg.merge.r)))
+    if cfg.distill.enabled:
+        d = cfg.distill
+        genes += [Gene("d.steps", tuple(d.steps)), Gene("d.temperature", tuple(d.temperature)),
+                  Gene("d.weight", tuple(d.weight)), Gene("d.feature_weight", tuple(d.feature_weight))]
+    if cfg.quantize.enabled:
+        genes.append(Gene("q.backend", tuple(quant_backends(recipe))))
+        genes += [Gene(f"q.{u}", ("fp32", "int8")) for u in space_units(space)]
+    return genes
+
+
+def decode_policies(values: dict[str, Any], space: SearchSpace, recipe: Recipe) -> Policies:
+    """The policies that gene values stand for; a disabled policy section leaves its policy off."""
+    cfg = recipe.search.policies
+    prune = PrunePolicy()
+    if cfg.prune.enabled:
+        ratios = tuple(values[f"p.s{i}"] for i in range(len(space.stages)))
+        prune = PrunePolicy(ratios, values["p.importance"]) if any(ratios) else PrunePolicy()
+    merge = MergePolicy(values["m.r"]) if cfg.merge.enabled else MergePolicy()
+    distill = DistillPolicy()
+    if cfg.distill.enabled and values["d.steps"] > 0:
+        distill = DistillPolicy(steps=values["d.steps"], temperature=values["d.temperature"],
+                                weight=values["d.weight"], feature_weight=values["d.feature_weight"],
+                                lr=cfg.distill.lr, batch_size=cfg.distill.batch_size)
+    quant = QuantPolicy()
+    if cfg.quantize.enabled:
+        units = tuple(u for u in space_units(space) if values[f"q.{u}"] == "int8")
+        quant = QuantPolicy(values["q.backend"], units) if units else QuantPolicy()
+    return Policies(quant=quant, prune=prune, merge=merge, distill=distill)
+
+
+def encode_policies(policies: Policies, space: SearchSpace, recipe: Recipe) -> dict[str, Any]:
+    """Gene values that :func:`decode_policies` turns into ``policies``; genes of a policy that is off take
+    the values that mean "off" (ratio 0, 0 steps, fp32) or, when those are not choices, the first choice."""
+    genes = policy_genes(space, recipe)
+    values = {g.name: g.choices[0] for g in genes}
+    p = policies
+    if p.prune.enabled:
+        values["p.importance"] = p.prune.importance
+    for i in range(len(space.stages)):
+        values[f"p.s{i}"] = p.prune.ratios[i] if p.prune.enabled else 0.0
+    values["m.r"] = p.merge.r
+    values["d.steps"] = p.distill.steps if p.distill.enabled else 0
+    if p.distill.enabled:
+        values.update({"d.temperature": p.distill.temperature, "d.weight": p.distill.weight,
+                       "d.feature_weight": p.distill.feature_weight})
+    if p.quant.enabled:
+        values["q.backend"] = p.quant.backend
+    for unit in space_units(space):
+        values[f"q.{unit}"] = "int8" if p.quant.enabled and unit in p.quant.int8_units else "fp32"
+    # A value that is not among a gene's choices (e.g. distillation settings of a policy the recipe does not
+    # offer) falls back to the first choice, so the result is always a valid trial.
+    return {g.name: values[g.name] if values[g.name] in g.choices else g.choices[0] for g in genes}
 
 
 def suggest_spec(trial, space: SearchSpace, recipe: Recipe) -> CandidateSpec:
     """Architecture and every enabled policy, suggested define-by-run with a fixed set of parameters."""
     arch = space.suggest(trial)
-    cfg = recipe.search.policies
-    prune = PrunePolicy()
-    if cfg.prune.enabled:
-        importance = _pick(trial, "p.importance", cfg.prune.importance)
-        ratios = tuple(_pick(trial, f"p.s{i}", cfg.prune.ratios) for i in range(len(space.stages)))
-        prune = PrunePolicy(ratios, importance) if any(ratios) else PrunePolicy()
-    merge = MergePolicy(_pick(trial, "m.r", cfg.merge.r)) if cfg.merge.enabled else MergePolicy()
-    distill = DistillPolicy()
-    if cfg.distill.enabled:
-        d = cfg.distill
-        steps = _pick(trial, "d.steps", d.steps)
-        distill = DistillPolicy(
-            steps=steps,
-            temperature=_pick(trial, "d.temperature", d.temperature),
-            weight=_pick(trial, "d.weight", d.weight),
-            feature_weight=_pick(trial, "d.feature_weight", d.feature_weight),
-            lr=d.lr,
-            batch_size=d.batch_size,
-        ) if steps > 0 else DistillPolicy()
-    quant = QuantPolicy()
-    if cfg.quantize.enabled:
-        backend = _pick(trial, "q.backend", quant_backends(recipe))
-        units = tuple(u for u in space_units(space) if trial.suggest_categorical(f"q.{u}", ["fp32", "int8"]) == "int8")
-        quant = QuantPolicy(backend, units) if units else QuantPolicy()
-    return CandidateSpec(arch, Policies(quant=quant, prune=prune, merge=merge, distill=distill), seed=recipe.seed)
+    values = {g.name: g.suggest(trial) for g in policy_genes(space, recipe)}
+    return CandidateSpec(arch, decode_policies(values, space, recipe), seed=recipe.seed)
 
 
 def params_of(spec: CandidateSpec, space: SearchSpace, recipe: Recipe) -> dict[str, Any]:
-    """The trial parameters :func:`suggest_spec` maps to ``spec`` (baselines: no prune, merge or distill)."""
-    params = space.params_of(spec.arch)
-    cfg = recipe.search.policies
-    p = spec.policies
-    if cfg.prune.enabled:
-        if len(cfg.prune.importance) > 1:
-            params["p.importance"] = p.prune.importance if p.prune.enabled else cfg.prune.importance[0]
-        if len(cfg.prune.ratios) > 1:
-            for i in range(len(space.stages)):
-                params[f"p.s{i}"] = p.prune.ratios[i] if p.prune.enabled else 0.0
-    if cfg.merge.enabled and len(cfg.merge.r) > 1:
-        params["m.r"] = p.merge.r
-    if cfg.distill.enabled:
-        d = cfg.distill
-        for name, values, value in (("d.steps", d.steps, p.distill.steps if p.distill.enabled else 0),
-                                    ("d.temperature", d.temperature, p.distill.temperature),
-                                    ("d.weight", d.weight, p.distill.weight),
-                                    ("d.feature_weight", d.feature_weight, p.distill.feature_weight)):
-            if len(values) > 1:
-                params[name] = value if value in values else values[0]
-    if recipe.search.policies.quantize.enabled:
-        q = spec.policies.quant
-        backends = quant_backends(recipe)
-        if len(backends) > 1:
-            params["q.backend"] = q.backend if q.enabled else backends[0]
-        for unit in space_units(space):
-            params[f"q.{unit}"] = "int8" if q.enabled and unit in q.int8_units else "fp32"
-    return params
+    """The trial parameters :func:`suggest_spec` maps to ``spec`` (to enqueue baselines as ordinary trials)."""
+    values = encode_policies(spec.policies, space, recipe)
+    return {**space.params_of(spec.arch),
+            **{g.name: values[g.name] for g in policy_genes(space, recipe) if len(g.choices) > 1}}
 
 
 def baseline_specs(space: SearchSpace, recipe: Recipe) -> dict[str, CandidateSpec]:

@@ -1,3 +1,3 @@
-from compress.space.space import Arch, AttnOptions, ConvOptions, SearchSpace, StageArch, StageSpec, StemSpec
+from compress.space.space import Arch, Gene, SearchSpace, StageArch, StageSpec, StemSpec, choices
 
-__all__ = ["Arch", "AttnOptions", "ConvOptions", "SearchSpace", "StageArch", "StageSpec", "StemSpec"]
+__all__ = ["Arch", "Gene", "SearchSpace", "StageArch", "StageSpec", "StemSpec", "choices"]

@@ -1,8 +1,8 @@
 """Search spaces: what a supernet can become.
 
 A search space is a YAML file (``search_spaces/*.yaml``): a stem, then stages. Each stage fixes its stride
-and lists the block families it may use plus the elastic ranges (depth, width, and per-family options:
-kernel size and expansion for convolution blocks; heads and MLP ratio for attention blocks). The
+and lists the block families it may use plus the elastic ranges (depth, width, and per-family options whose
+schema each family declares: :mod:`compress.registry`, :mod:`compress.families`). The
 supernet holds weights for the largest value of every range; an :class:`Arch` picks one value per choice.
 """
 
@@ -10,72 +10,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from compress.errors import RecipeError
+from compress.registry import family_names, get_family
 from compress.yamlio import load_model, validate_model
-
-BLOCK_FAMILIES = ("conv", "attn")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _choices(values: list, name: str) -> list:
+def choices(values: list, name: str) -> list:
+    """Validate a list of choices (non-empty, no repeats) and return it sorted."""
     if not values:
         raise ValueError(f"{name} needs at least one value")
     if len(set(values)) != len(values):
         raise ValueError(f"{name} has repeated values {values}")
     return sorted(values)
-
-
-class ConvOptions(_Strict):
-    kernel_size: list[int] = Field(default=[3])
-    expand_ratio: list[float] = Field(default=[4.0])
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd_kernels(cls, v: list[int]) -> list[int]:
-        for k in v:
-            if k < 1 or k % 2 == 0 or k > 11:
-                raise ValueError(f"kernel sizes must be odd and between 1 and 11, got {k}")
-        return _choices(v, "kernel_size")
-
-    @field_validator("expand_ratio")
-    @classmethod
-    def _ratios(cls, v: list[float]) -> list[float]:
-        for r in v:
-            if not 0 < r <= 16:
-                raise ValueError(f"expand ratios must be in (0, 16], got {r}")
-        return _choices(v, "expand_ratio")
-
-
-class AttnOptions(_Strict):
-    heads: list[int] = Field(default=[2])
-    head_dim: int = Field(default=16, ge=4, le=256)
-    mlp_ratio: list[float] = Field(default=[2.0])
-
-    @field_validator("heads")
-    @classmethod
-    def _heads(cls, v: list[int]) -> list[int]:
-        for h in v:
-            if not 1 <= h <= 64:
-                raise ValueError(f"heads must be between 1 and 64, got {h}")
-        return _choices(v, "heads")
-
-    @field_validator("mlp_ratio")
-    @classmethod
-    def _mlp(cls, v: list[float]) -> list[float]:
-        for r in v:
-            if not 0 < r <= 16:
-                raise ValueError(f"MLP ratios must be in (0, 16], got {r}")
-        return _choices(v, "mlp_ratio")
 
 
 class StemSpec(_Strict):
@@ -89,25 +48,30 @@ class StemSpec(_Strict):
         for w in v:
             if not 1 <= w <= 4096:
                 raise ValueError(f"widths must be between 1 and 4096, got {w}")
-        return _choices(v, "width")
+        return choices(v, "width")
 
 
-class StageSpec(_Strict):
+class StageSpec(BaseModel):
+    """A stage: its stride, the block families it may use, elastic depth and width, and one section of
+    options per family, keyed by the family's name (``conv: {...}``), validated by that family's schema."""
+
+    # Extra keys are the families' option sections; anything else is refused in `_family_options`.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     blocks: list[str]
     stride: Literal[1, 2] = 1
     depth: list[int]
     width: list[int]
-    conv: ConvOptions | None = None
-    attn: AttnOptions | None = None
 
     @field_validator("blocks")
     @classmethod
     def _blocks(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("a stage needs at least one block family")
+        known = family_names()
         for b in v:
-            if b not in BLOCK_FAMILIES:
-                raise ValueError(f"unknown block family {b!r}; expected one of {list(BLOCK_FAMILIES)}")
+            if b not in known:
+                raise ValueError(f"unknown block family {b!r}; expected one of {known}")
         if len(set(v)) != len(v):
             raise ValueError(f"repeated block family in {v}")
         return v  # order matters: the first family is the one the largest subnet uses
@@ -118,7 +82,7 @@ class StageSpec(_Strict):
         for d in v:
             if not 1 <= d <= 32:
                 raise ValueError(f"depths must be between 1 and 32, got {d}")
-        return _choices(v, "depth")
+        return choices(v, "depth")
 
     @field_validator("width")
     @classmethod
@@ -126,21 +90,38 @@ class StageSpec(_Strict):
         for w in v:
             if not 1 <= w <= 4096:
                 raise ValueError(f"widths must be between 1 and 4096, got {w}")
-        return _choices(v, "width")
+        return choices(v, "width")
 
     @model_validator(mode="after")
-    def _options_present(self) -> "StageSpec":
-        # Defaults are filled in rather than demanded, but options for a family the stage cannot use are
-        # almost always a typo in `blocks`, so they are refused.
-        if "conv" in self.blocks and self.conv is None:
-            object.__setattr__(self, "conv", ConvOptions())
-        if "attn" in self.blocks and self.attn is None:
-            object.__setattr__(self, "attn", AttnOptions())
-        if "conv" not in self.blocks and self.conv is not None:
-            raise ValueError("conv options given but 'conv' is not in blocks")
-        if "attn" not in self.blocks and self.attn is not None:
-            raise ValueError("attn options given but 'attn' is not in blocks")
+    def _family_options(self) -> "StageSpec":
+        # Each family's section is validated by its own schema; errors keep their place in the file
+        # (stages.1.attn.heads: ...). Defaults are filled in rather than demanded, but a section for a family
+        # the stage cannot use is almost always a typo in `blocks`, so it is refused.
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        known = family_names()
+        for key in list(extra):
+            if key not in known:
+                raise ValidationError.from_exception_data(
+                    "StageSpec", [InitErrorDetails(type="extra_forbidden", loc=(key,), input=extra[key])])
+            if key not in self.blocks:
+                raise ValueError(f"{key} options given but {key!r} is not in blocks")
+        for name in self.blocks:
+            raw = extra.get(name)
+            family = get_family(name)
+            if not isinstance(raw, family.options):
+                try:
+                    extra[name] = family.options.model_validate({} if raw is None else raw)
+                except ValidationError as exc:
+                    raise ValidationError.from_exception_data("StageSpec", [
+                        InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e.get("input"),
+                                         **({"ctx": e["ctx"]} if "ctx" in e else {}))
+                        for e in exc.errors()]) from None
+            family.check_stage(extra[name], self.width)
         return self
+
+    def options(self, family: str) -> Any:
+        """The validated options of ``family`` (one of :attr:`blocks`)."""
+        return self.__pydantic_extra__[family]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,15 +130,34 @@ class StageSpec(_Strict):
 
 @dataclass(frozen=True)
 class StageArch:
-    """One stage of an architecture. Per-layer options have exactly ``depth`` entries."""
+    """One stage of an architecture: its family, depth, width and the family's per-layer choices.
+
+    ``layers`` holds ``(dimension, values)`` pairs sorted by name, each with exactly ``depth`` values; a
+    dimension reads as an attribute (``stage.kernel_size``).
+    """
 
     block: str
     depth: int
     width: int
-    kernel_size: tuple[int, ...] = ()
-    expand_ratio: tuple[float, ...] = ()
-    heads: tuple[int, ...] = ()
-    mlp_ratio: tuple[float, ...] = ()
+    layers: tuple[tuple[str, tuple], ...] = ()
+
+    @classmethod
+    def of(cls, block: str, depth: int, width: int, **layers: Any) -> "StageArch":
+        return cls(block, int(depth), int(width), tuple(sorted((k, tuple(v)) for k, v in layers.items())))
+
+    def __getattr__(self, name: str) -> tuple:
+        # Only called when normal lookup fails: the family's dimensions read as attributes.
+        for key, values in object.__getattribute__(self, "layers"):
+            if key == name:
+                return values
+        raise AttributeError(f"{type(self).__name__} of family {self.block!r} has no {name!r}")
+
+    def layers_dict(self) -> dict[str, tuple]:
+        return dict(self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"block": self.block, "depth": self.depth, "width": self.width,
+                **{k: list(v) for k, v in self.layers}}
 
 
 @dataclass(frozen=True)
@@ -168,24 +168,20 @@ class Arch:
     stages: tuple[StageArch, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stem_width": self.stem_width, "stages": [_stage_to_dict(s) for s in self.stages]}
+        return {"stem_width": self.stem_width, "stages": [s.to_dict() for s in self.stages]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Arch":
         try:
-            stages = tuple(
-                StageArch(
-                    block=s["block"],
-                    depth=int(s["depth"]),
-                    width=int(s["width"]),
-                    kernel_size=tuple(int(k) for k in s.get("kernel_size", ())),
-                    expand_ratio=tuple(float(e) for e in s.get("expand_ratio", ())),
-                    heads=tuple(int(h) for h in s.get("heads", ())),
-                    mlp_ratio=tuple(float(r) for r in s.get("mlp_ratio", ())),
-                )
-                for s in d["stages"]
-            )
-            return cls(stem_width=int(d["stem_width"]), stages=stages)
+            stages = []
+            for s in d["stages"]:
+                # Records written before block families were plugins list every family's dimensions, the
+                # inactive ones empty: those are dropped.
+                layers = {k: v for k, v in s.items() if k not in ("block", "depth", "width") and v}
+                if any(not isinstance(v, list) for v in layers.values()):
+                    raise ValueError(f"per-layer options must be lists: {layers}")
+                stages.append(StageArch.of(s["block"], s["depth"], s["width"], **layers))
+            return cls(stem_width=int(d["stem_width"]), stages=tuple(stages))
         except (KeyError, TypeError, ValueError) as exc:
             raise RecipeError(f"malformed architecture {d!r}: {exc}") from None
 
@@ -193,14 +189,12 @@ class Arch:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def describe(self) -> str:
-        """A compact one-line summary, e.g. ``stem16 | conv d2 w24 k3,5 | attn d2 w48 h2,4``."""
+        """A compact one-line summary, e.g. ``stem16 | conv d2 w24 k3,5 e2,3 | attn d2 w48 h2,4 m1,2``."""
         parts = [f"stem{self.stem_width}"]
         for s in self.stages:
-            if s.block == "conv":
-                opts = "k" + ",".join(map(str, s.kernel_size)) + " e" + ",".join(_num(e) for e in s.expand_ratio)
-            else:
-                opts = "h" + ",".join(map(str, s.heads)) + " m" + ",".join(_num(r) for r in s.mlp_ratio)
-            parts.append(f"{s.block} d{s.depth} w{s.width} {opts}")
+            family = get_family(s.block)
+            opts = " ".join(d.short + ",".join(_num(v) for v in getattr(s, d.name)) for d in family.dims)
+            parts.append(f"{s.block} d{s.depth} w{s.width} {opts}".rstrip())
         return " | ".join(parts)
 
 
@@ -208,11 +202,35 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def _stage_to_dict(s: StageArch) -> dict[str, Any]:
-    d = asdict(s)
-    for k in ("kernel_size", "expand_ratio", "heads", "mlp_ratio"):
-        d[k] = list(d[k])
-    return d
+# --------------------------------------------------------------------------------------------------
+# The genome: one declaration per search dimension
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One Optuna parameter: its name and its choices. Both directions of the mapping between trials and
+    architectures (:meth:`SearchSpace.decode`, :meth:`SearchSpace.encode`) are derived from the genes."""
+
+    name: str
+    choices: tuple
+
+    def suggest(self, trial) -> Any:
+        # A single choice is not a parameter: nothing to learn, and Optuna's samplers would see a constant.
+        if len(self.choices) == 1:
+            return self.choices[0]
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+
+def _layer_gene_names(spec: StageSpec, prefix: str, layer: int) -> dict[tuple[str, str], str]:
+    """Parameter names of one layer's per-family choices: ``s1.l0.heads`` when one family of the stage has
+    a dimension of that name, ``s1.l0.gated_attn.heads`` when several do (each keeps its own choices)."""
+    owners: dict[str, int] = {}
+    for block in spec.blocks:
+        for dim in get_family(block).dims:
+            owners[dim.name] = owners.get(dim.name, 0) + 1
+    return {(block, dim.name): (f"{prefix}.l{layer}.{dim.name}" if owners[dim.name] == 1
+                                else f"{prefix}.l{layer}.{block}.{dim.name}")
+            for block in spec.blocks for dim in get_family(block).dims}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,9 +271,10 @@ class SearchSpace(_Strict):
 
     # -- canonical points --------------------------------------------------------------------------
 
-    def largest(self) -> Arch:
-        """Every range at its maximum; each stage uses its first-listed block family (the teacher)."""
-        return self._extreme(max, [s.blocks[0] for s in self.stages])
+    def largest(self, blocks: list[str] | None = None) -> Arch:
+        """Every range at its maximum; each stage uses its first-listed block family (the teacher) unless
+        ``blocks`` names one per stage."""
+        return self._extreme(max, blocks or [s.blocks[0] for s in self.stages])
 
     def smallest(self, blocks: list[str] | None = None) -> Arch:
         return self._extreme(min, blocks or [s.blocks[0] for s in self.stages])
@@ -270,23 +289,9 @@ class SearchSpace(_Strict):
     @staticmethod
     def make_stage(spec: StageSpec, block: str, depth: int, width: int, choose) -> StageArch:
         """A stage of family ``block``; ``choose`` picks each per-layer option from its list (max, min, random)."""
-        if block == "conv":
-            assert spec.conv is not None
-            return StageArch(
-                block="conv",
-                depth=depth,
-                width=width,
-                kernel_size=tuple(choose(spec.conv.kernel_size) for _ in range(depth)),
-                expand_ratio=tuple(choose(spec.conv.expand_ratio) for _ in range(depth)),
-            )
-        assert spec.attn is not None
-        return StageArch(
-            block="attn",
-            depth=depth,
-            width=width,
-            heads=tuple(choose(spec.attn.heads) for _ in range(depth)),
-            mlp_ratio=tuple(choose(spec.attn.mlp_ratio) for _ in range(depth)),
-        )
+        options = spec.options(block)
+        return StageArch.of(block, depth, width, **{
+            d.name: [choose(getattr(options, d.name)) for _ in range(depth)] for d in get_family(block).dims})
 
     def sample(self, rng: random.Random) -> Arch:
         """A uniformly random architecture (each choice independently uniform)."""
@@ -302,69 +307,61 @@ class SearchSpace(_Strict):
 
     # -- Optuna ------------------------------------------------------------------------------------
 
-    def suggest(self, trial) -> Arch:
-        """Define-by-run sampling of an architecture from an Optuna trial.
+    def genes(self) -> list[Gene]:
+        """Every architecture parameter a trial decides, in a fixed order.
 
-        The genome has a fixed length: per-layer options are suggested for the maximum depth and for
-        every block family, then the inactive ones are dropped. Evolutionary samplers (NSGA-II) need
-        the same parameters in every trial to cross over; conditional parameters would fall back to
-        independent random sampling.
+        The genome has a fixed length: per-layer options exist for the maximum depth and for every block
+        family of the stage, and the inactive ones are ignored when decoding. Evolutionary samplers
+        (NSGA-II) need the same parameters in every trial to cross over; conditional parameters would fall
+        back to independent random sampling.
         """
-        stem = _suggest(trial, "stem.width", self.stem.width)
+        genes = [Gene("stem.width", tuple(self.stem.width))]
+        for i, spec in enumerate(self.stages):
+            p = f"s{i}"
+            genes += [Gene(f"{p}.block", tuple(spec.blocks)), Gene(f"{p}.depth", tuple(spec.depth)),
+                      Gene(f"{p}.width", tuple(spec.width))]
+            for layer in range(max(spec.depth)):
+                names = _layer_gene_names(spec, p, layer)
+                for block in spec.blocks:
+                    options = spec.options(block)
+                    genes += [Gene(names[block, d.name], tuple(getattr(options, d.name)))
+                              for d in get_family(block).dims]
+        return genes
+
+    def decode(self, values: dict[str, Any]) -> Arch:
+        """The architecture that gene values (``values[gene.name]`` for every gene) stand for."""
         stages = []
         for i, spec in enumerate(self.stages):
             p = f"s{i}"
-            block = _suggest(trial, f"{p}.block", spec.blocks)
-            depth = _suggest(trial, f"{p}.depth", spec.depth)
-            width = _suggest(trial, f"{p}.width", spec.width)
-            per_layer: dict[str, list] = {"kernel_size": [], "expand_ratio": [], "heads": [], "mlp_ratio": []}
-            for layer in range(max(spec.depth)):
-                if spec.conv is not None:
-                    per_layer["kernel_size"].append(_suggest(trial, f"{p}.l{layer}.kernel_size", spec.conv.kernel_size))
-                    per_layer["expand_ratio"].append(_suggest(trial, f"{p}.l{layer}.expand_ratio", spec.conv.expand_ratio))
-                if spec.attn is not None:
-                    per_layer["heads"].append(_suggest(trial, f"{p}.l{layer}.heads", spec.attn.heads))
-                    per_layer["mlp_ratio"].append(_suggest(trial, f"{p}.l{layer}.mlp_ratio", spec.attn.mlp_ratio))
-            if block == "conv":
-                stages.append(StageArch("conv", depth, width, kernel_size=tuple(per_layer["kernel_size"][:depth]),
-                                        expand_ratio=tuple(per_layer["expand_ratio"][:depth])))
-            else:
-                stages.append(StageArch("attn", depth, width, heads=tuple(per_layer["heads"][:depth]),
-                                        mlp_ratio=tuple(per_layer["mlp_ratio"][:depth])))
-        return Arch(stem_width=stem, stages=tuple(stages))
+            block, depth, width = values[f"{p}.block"], values[f"{p}.depth"], values[f"{p}.width"]
+            per_layer = [_layer_gene_names(spec, p, layer) for layer in range(depth)]
+            stages.append(StageArch.of(block, depth, width, **{
+                d.name: [values[names[block, d.name]] for names in per_layer] for d in get_family(block).dims}))
+        return Arch(stem_width=values["stem.width"], stages=tuple(stages))
+
+    def encode(self, arch: Arch) -> dict[str, Any]:
+        """Gene values that :meth:`decode` turns into ``arch``; inactive genes (layers beyond the depth,
+        the other families' options) take their first choice."""
+        self.check(arch)
+        values = {g.name: g.choices[0] for g in self.genes()}
+        values["stem.width"] = arch.stem_width
+        for i, stage in enumerate(arch.stages):
+            p = f"s{i}"
+            values.update({f"{p}.block": stage.block, f"{p}.depth": stage.depth, f"{p}.width": stage.width})
+            for layer in range(stage.depth):
+                names = _layer_gene_names(self.stages[i], p, layer)
+                for d in get_family(stage.block).dims:
+                    values[names[stage.block, d.name]] = getattr(stage, d.name)[layer]
+        return values
+
+    def suggest(self, trial) -> Arch:
+        """Define-by-run sampling of an architecture from an Optuna trial."""
+        return self.decode({g.name: g.suggest(trial) for g in self.genes()})
 
     def params_of(self, arch: Arch) -> dict[str, Any]:
-        """The Optuna parameters that :meth:`suggest` turns into ``arch`` (to enqueue known architectures).
-
-        Inactive genes (layers beyond the depth, the other family's options) get the first choice.
-        """
-        self.check(arch)
-        params: dict[str, Any] = {}
-
-        def put(name: str, choices: list, value) -> None:
-            if len(choices) > 1:
-                params[name] = value
-
-        put("stem.width", self.stem.width, arch.stem_width)
-        for i, (spec, stage) in enumerate(zip(self.stages, arch.stages)):
-            p = f"s{i}"
-            put(f"{p}.block", spec.blocks, stage.block)
-            put(f"{p}.depth", spec.depth, stage.depth)
-            put(f"{p}.width", spec.width, stage.width)
-            for layer in range(max(spec.depth)):
-                active = layer < stage.depth
-                if spec.conv is not None:
-                    conv = stage.block == "conv" and active
-                    put(f"{p}.l{layer}.kernel_size", spec.conv.kernel_size,
-                        stage.kernel_size[layer] if conv else spec.conv.kernel_size[0])
-                    put(f"{p}.l{layer}.expand_ratio", spec.conv.expand_ratio,
-                        stage.expand_ratio[layer] if conv else spec.conv.expand_ratio[0])
-                if spec.attn is not None:
-                    attn = stage.block == "attn" and active
-                    put(f"{p}.l{layer}.heads", spec.attn.heads, stage.heads[layer] if attn else spec.attn.heads[0])
-                    put(f"{p}.l{layer}.mlp_ratio", spec.attn.mlp_ratio,
-                        stage.mlp_ratio[layer] if attn else spec.attn.mlp_ratio[0])
-        return params
+        """The Optuna parameters that :meth:`suggest` turns into ``arch`` (to enqueue known architectures)."""
+        values = self.encode(arch)
+        return {g.name: values[g.name] for g in self.genes() if len(g.choices) > 1}
 
     # -- membership --------------------------------------------------------------------------------
 
@@ -384,14 +381,13 @@ class SearchSpace(_Strict):
                 out.append(f"{where}: depth {s.depth} not in {spec.depth}")
             if s.width not in spec.width:
                 out.append(f"{where}: width {s.width} not in {spec.width}")
-            if s.block == "conv":
-                assert spec.conv is not None
-                checks = [("kernel_size", s.kernel_size, spec.conv.kernel_size),
-                          ("expand_ratio", s.expand_ratio, spec.conv.expand_ratio)]
-            else:
-                assert spec.attn is not None
-                checks = [("heads", s.heads, spec.attn.heads), ("mlp_ratio", s.mlp_ratio, spec.attn.mlp_ratio)]
-            for name, values, allowed in checks:
+            options = spec.options(s.block)
+            dims = [d.name for d in get_family(s.block).dims]
+            unknown = sorted({k for k, _ in s.layers} - set(dims))
+            if unknown:
+                out.append(f"{where}: {s.block} has no options {unknown}")
+            for name in dims:
+                values, allowed = s.layers_dict().get(name, ()), getattr(options, name)
                 if len(values) != s.depth:
                     out.append(f"{where}: {len(values)} {name} values for depth {s.depth}")
                 bad = [v for v in values if v not in allowed]
@@ -411,18 +407,8 @@ class SearchSpace(_Strict):
         for spec in self.stages:
             per_stage = 0
             for block in spec.blocks:
-                if block == "conv":
-                    assert spec.conv is not None
-                    per_layer = len(spec.conv.kernel_size) * len(spec.conv.expand_ratio)
-                else:
-                    assert spec.attn is not None
-                    per_layer = len(spec.attn.heads) * len(spec.attn.mlp_ratio)
+                options = spec.options(block)
+                per_layer = math.prod(len(getattr(options, d.name)) for d in get_family(block).dims)
                 per_stage += sum(per_layer**d for d in spec.depth) * len(spec.width)
             total *= per_stage
         return total
-
-
-def _suggest(trial, name: str, choices: list):
-    if len(choices) == 1:
-        return choices[0]
-    return trial.suggest_categorical(name, choices)

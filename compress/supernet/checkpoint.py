@@ -26,6 +26,12 @@ META = "checkpoint.json"
 SPACE = "space.yaml"
 
 
+def supernet_dir(run_dir: Path) -> Path:
+    """Where a run directory keeps its supernet checkpoint (here, not in ``train``, so that search and
+    distillation can find it without importing the trainer)."""
+    return run_dir / "supernet"
+
+
 @dataclass
 class SupernetCheckpoint:
     supernet: HybridSupernet
@@ -69,7 +75,8 @@ def load_supernet(path: Path) -> SupernetCheckpoint:
                               "(space_fingerprint differs); the checkpoint was edited or mixed with another")
     try:
         data = meta["data"]
-        supernet = HybridSupernet(space, data["in_channels"], data["num_classes"], data["mean"], data["std"])
+        supernet = HybridSupernet(space, data["in_channels"], data["num_classes"], data["mean"], data["std"],
+                                  few_shot=bool(meta.get("few_shot", False)))
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path / META}: missing or malformed field {exc}") from None
     load_into(supernet, load_safetensors(path / WEIGHTS), path / WEIGHTS)

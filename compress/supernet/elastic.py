@@ -121,29 +121,30 @@ class ElasticLinear(nn.Module):
 
 
 class ElasticQKV(nn.Module):
-    """The fused qkv projection with elastic input width and elastic number of heads.
+    """The fused qkv projection with elastic input width and elastic width of each of q, k and v.
 
-    Rows are laid out as (3, max_heads, head_dim); ``h`` heads take the first ``h`` heads of each of q, k
-    and v, so the extracted static projection has the (3, h, head_dim) layout the static block expects.
+    Rows are laid out as (3, max_rows); ``rows`` takes the first ``rows`` of each of q, k and v, so the
+    extracted static projection has the (3, rows) layout the static block expects. How rows group into
+    heads is the attention block's business: with a fixed head dimension, fewer heads take fewer rows;
+    with heads that regroup the width, every head count uses the same rows.
     """
 
-    def __init__(self, max_in: int, max_heads: int, head_dim: int):
+    def __init__(self, max_in: int, max_rows: int):
         super().__init__()
-        self.max_heads, self.head_dim = max_heads, head_dim
-        self.linear = nn.Linear(max_in, 3 * max_heads * head_dim)
+        self.max_rows = max_rows
+        self.linear = nn.Linear(max_in, 3 * max_rows)
 
-    def _slice(self, in_f: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = heads * self.head_dim
-        weight = self.linear.weight.view(3, self.max_heads * self.head_dim, -1)[:, :rows, :in_f]
+    def _slice(self, in_f: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = self.linear.weight.view(3, self.max_rows, -1)[:, :rows, :in_f]
         bias = self.linear.bias.view(3, -1)[:, :rows]
         return weight.reshape(3 * rows, in_f), bias.reshape(3 * rows)
 
-    def forward(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        return F.linear(x, *self._slice(x.shape[-1], heads))
+    def forward(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        return F.linear(x, *self._slice(x.shape[-1], rows))
 
     @torch.no_grad()
-    def extract(self, in_f: int, heads: int) -> nn.Linear:
-        weight, bias = self._slice(in_f, heads)
+    def extract(self, in_f: int, rows: int) -> nn.Linear:
+        weight, bias = self._slice(in_f, rows)
         static = nn.Linear(in_f, weight.shape[0])
         static.weight.copy_(weight)
         static.bias.copy_(bias)

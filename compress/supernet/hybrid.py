@@ -1,104 +1,47 @@
-"""The hybrid conv/attention supernet and the extraction of standalone subnets from it."""
+"""The hybrid supernet and the extraction of standalone subnets from it.
+
+The supernet knows stems, stages and a classifier; what happens inside a stage belongs to the block family
+the stage runs, found through :mod:`compress.registry`.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from compress.nn.blocks import MBConv, TransformerBlock, attend
-from compress.nn.net import AttnStage, ConvStage, HybridNet, pool_tokens
 from compress.nn.layers import Normalize
-from compress.space import Arch, SearchSpace, StageArch
-from compress.supernet.elastic import (
-    ElasticConvBNAct,
-    ElasticDWConv,
-    ElasticLayerNorm,
-    ElasticLinear,
-    ElasticQKV,
-    hidden_width,
-)
-
-
-class ElasticMBConv(nn.Module):
-    def __init__(self, max_dim: int, max_hidden: int, max_kernel: int):
-        super().__init__()
-        self.pw1 = ElasticConvBNAct(max_dim, max_hidden, 1)
-        self.dw = ElasticConvBNAct(max_hidden, max_hidden, max_kernel, depthwise=True)
-        self.pw2 = ElasticConvBNAct(max_hidden, max_dim, 1, act=False)
-
-    def forward(self, x: torch.Tensor, hidden: int, kernel_size: int) -> torch.Tensor:
-        return x + self.pw2(self.dw(self.pw1(x, hidden), kernel_size=kernel_size), x.shape[1])
-
-    def extract(self, dim: int, hidden: int, kernel_size: int) -> MBConv:
-        static = MBConv(dim, hidden, kernel_size)
-        static.pw1 = self.pw1.extract(dim, hidden)
-        static.dw = self.dw.extract(hidden, hidden, kernel_size)
-        static.pw2 = self.pw2.extract(hidden, dim)
-        return static
-
-
-class ElasticTransformerBlock(nn.Module):
-    def __init__(self, max_dim: int, max_heads: int, head_dim: int, max_mlp_hidden: int):
-        super().__init__()
-        self.head_dim = head_dim
-        self.norm1 = ElasticLayerNorm(max_dim)
-        self.qkv = ElasticQKV(max_dim, max_heads, head_dim)
-        self.proj = ElasticLinear(max_heads * head_dim, max_dim)
-        self.norm2 = ElasticLayerNorm(max_dim)
-        self.fc1 = ElasticLinear(max_dim, max_mlp_hidden)
-        self.fc2 = ElasticLinear(max_mlp_hidden, max_dim)
-
-    def forward(self, x: torch.Tensor, heads: int, mlp_hidden: int) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(self.norm1(x), heads).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        out = attend(*qkv.unbind(0))
-        x = x + self.proj(out.transpose(1, 2).reshape(batch, tokens, -1), dim)
-        return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x), mlp_hidden)), dim)
-
-    def extract(self, dim: int, heads: int, mlp_hidden: int) -> TransformerBlock:
-        static = TransformerBlock(dim, heads, self.head_dim, mlp_hidden)
-        static.norm1 = self.norm1.extract(dim)
-        static.attn.qkv = self.qkv.extract(dim, heads)
-        static.attn.proj = self.proj.extract(heads * self.head_dim, dim)
-        static.norm2 = self.norm2.extract(dim)
-        static.fc1 = self.fc1.extract(dim, mlp_hidden)
-        static.fc2 = self.fc2.extract(mlp_hidden, dim)
-        return static
+from compress.nn.net import HybridNet, pool_tokens
+from compress.registry import get_family
+from compress.space import Arch, SearchSpace, StageArch, StageSpec
+from compress.supernet.elastic import ElasticConvBNAct, ElasticLinear
 
 
 class ElasticStage(nn.Module):
-    """One stage: a shared down-sampling convolution, then the blocks of the chosen family."""
+    """One stage: a down-sampling convolution, then the elastic blocks of each family the stage may use
+    (``families[name]``, built by that family's plugin), of which an architecture runs one.
 
-    def __init__(self, spec, max_in: int):
+    The families never share block weights. With ``few_shot`` (few-shot NAS, split by block family) they do
+    not share the down-sampling convolution either, so no weight of a stage is trained by two families.
+    """
+
+    def __init__(self, spec: StageSpec, max_in: int, few_shot: bool = False):
         super().__init__()
         max_dim = max(spec.width)
-        self.downsample = ElasticConvBNAct(max_in, max_dim, 3, spec.stride)
-        if spec.conv is not None:
-            max_hidden = hidden_width(max_dim, max(spec.conv.expand_ratio))
-            self.conv_blocks = nn.ModuleList(
-                ElasticMBConv(max_dim, max_hidden, max(spec.conv.kernel_size)) for _ in range(max(spec.depth))
-            )
-        if spec.attn is not None:
-            a = spec.attn
-            self.pos = ElasticDWConv(max_dim)
-            self.attn_blocks = nn.ModuleList(
-                ElasticTransformerBlock(max_dim, max(a.heads), a.head_dim, hidden_width(max_dim, max(a.mlp_ratio)))
-                for _ in range(max(spec.depth))
-            )
-            self.norm = ElasticLayerNorm(max_dim)
+        names = spec.blocks if few_shot and len(spec.blocks) > 1 else ["shared"]
+        self.downsamples = nn.ModuleDict({n: ElasticConvBNAct(max_in, max_dim, 3, spec.stride) for n in names})
+        self.families = nn.ModuleDict({
+            name: get_family(name).elastic_blocks(spec.options(name), max_dim, max(spec.depth))
+            for name in spec.blocks})
+
+    def downsample_of(self, block: str) -> ElasticConvBNAct:
+        return self.downsamples[block] if block in self.downsamples else self.downsamples["shared"]
+
+    @property
+    def stride(self) -> int:
+        return next(iter(self.downsamples.values())).stride
 
     def forward_tokens(self, x: torch.Tensor, arch: StageArch) -> tuple[torch.Tensor, int, int]:
-        x = self.downsample(x, arch.width)
-        if arch.block == "conv":
-            for i in range(arch.depth):
-                x = self.conv_blocks[i](x, hidden_width(arch.width, arch.expand_ratio[i]), arch.kernel_size[i])
-            return x.flatten(2).transpose(1, 2), x.shape[-2], x.shape[-1]
-        x = x + self.pos(x)
-        height, width = x.shape[-2], x.shape[-1]
-        tokens = x.flatten(2).transpose(1, 2)
-        for i in range(arch.depth):
-            tokens = self.attn_blocks[i](tokens, arch.heads[i], hidden_width(arch.width, arch.mlp_ratio[i]))
-        return self.norm(tokens), height, width
+        return self.families[arch.block](self.downsample_of(arch.block)(x, arch.width), arch)
 
     def forward(self, x: torch.Tensor, arch: StageArch) -> torch.Tensor:
         tokens, height, width = self.forward_tokens(x, arch)
@@ -106,30 +49,14 @@ class ElasticStage(nn.Module):
 
     def static_config(self, arch: StageArch) -> dict:
         """The :class:`HybridNet` config of this stage for ``arch``."""
-        if arch.block == "conv":
-            blocks = [{"type": "conv", "hidden": hidden_width(arch.width, e), "kernel_size": k}
-                      for k, e in zip(arch.kernel_size, arch.expand_ratio)]
-        else:
-            head_dim = self.attn_blocks[0].head_dim
-            blocks = [{"type": "attn", "heads": h, "head_dim": head_dim, "mlp_hidden": hidden_width(arch.width, r),
-                       "merge_r": 0} for h, r in zip(arch.heads, arch.mlp_ratio)]
-        return {"type": arch.block, "out": arch.width, "stride": self.downsample.stride, "blocks": blocks}
+        return {"type": arch.block, "out": arch.width, "stride": self.stride,
+                "blocks": self.families[arch.block].static_blocks(arch)}
 
     def extract(self, in_ch: int, arch: StageArch, pool: bool) -> nn.Module:
         cfg = self.static_config(arch)
-        if arch.block == "conv":
-            static = ConvStage(in_ch, arch.width, cfg["stride"], cfg["blocks"], pool=pool)
-            static.blocks = nn.ModuleList(
-                self.conv_blocks[i].extract(arch.width, b["hidden"], b["kernel_size"]) for i, b in enumerate(cfg["blocks"])
-            )
-        else:
-            static = AttnStage(in_ch, arch.width, cfg["stride"], cfg["blocks"], pool=pool)
-            static.pos = self.pos.extract(arch.width)
-            static.blocks = nn.ModuleList(
-                self.attn_blocks[i].extract(arch.width, b["heads"], b["mlp_hidden"]) for i, b in enumerate(cfg["blocks"])
-            )
-            static.norm = self.norm.extract(arch.width)
-        static.downsample = self.downsample.extract(in_ch, arch.width)
+        static = get_family(arch.block).static_stage(in_ch, arch.width, cfg["stride"], cfg["blocks"], pool)
+        static.downsample = self.downsample_of(arch.block).extract(in_ch, arch.width)
+        self.families[arch.block].extract_into(static, arch)
         return static
 
 
@@ -140,16 +67,17 @@ class HybridSupernet(nn.Module):
     parameters. ``extract_subnet`` turns the active slices into a standalone :class:`HybridNet`.
     """
 
-    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, mean: list[float], std: list[float]):
+    def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, mean: list[float], std: list[float],
+                 few_shot: bool = False):
         super().__init__()
-        self.space = space
+        self.space, self.few_shot = space, few_shot
         self.in_channels, self.num_classes = in_channels, num_classes
         self.normalize = Normalize(mean, std)
         self.stem = ElasticConvBNAct(in_channels, max(space.stem.width), space.stem.kernel_size, space.stem.stride)
         self.stages = nn.ModuleList()
         max_in = max(space.stem.width)
         for spec in space.stages:
-            self.stages.append(ElasticStage(spec, max_in))
+            self.stages.append(ElasticStage(spec, max_in, few_shot))
             max_in = max(spec.width)
         self.classifier = ElasticLinear(max_in, num_classes)
         self.active: Arch = space.largest()

@@ -7,7 +7,7 @@ import torch
 from compress.nn.net import HybridNet
 from compress.space import Arch
 from compress.supernet.hybrid import HybridSupernet, extract_subnet
-from compress.train.bn import recalibrate_bn
+from compress.nn.bn import recalibrate_bn
 
 
 def calibrated_subnet(supernet: HybridSupernet, arch: Arch, bn_batches: list[torch.Tensor]) -> HybridNet:

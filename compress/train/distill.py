@@ -9,8 +9,8 @@ State is saved with ``save_state`` every ``checkpoint_every`` steps; a run start
 
 from __future__ import annotations
 
+import logging
 import datetime
-import math
 import shutil
 import sys
 import time
@@ -20,14 +20,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compress.data import ImageDataset, augment_batch, calibration_batches
+from compress.data import ImageDataset, augment_batch, reference_batches
 from compress.errors import CompressError
 from compress.fsutil import ensure_writable_dir, recover_dir
 from compress.policies import DistillPolicy, Policies
 from compress.policies.distill import distill_loss
+from compress.policies.finetune import logits_and_features, warmup_cosine
 from compress.recipe import LoadedRecipe, TargetConfig
 from compress.train.state import read_progress, save_training_state
-from compress.train.teacher import check_teacher_outputs, load_teacher
+from compress.search.teacher import check_teacher_outputs, load_teacher
+
+logger = logging.getLogger(__name__)
 
 class WithFeatures(nn.Module):
     """Logits and pooled features from one forward, so DDP sees a single call."""
@@ -37,10 +40,7 @@ class WithFeatures(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if hasattr(self.model, "forward_features"):
-            features = self.model.forward_features(x)
-            return self.model.classifier(features), features
-        return self.model(x), None
+        return logits_and_features(self.model, x)
 
 
 def _check_student(student_cfg, loaded: LoadedRecipe, data) -> None:
@@ -58,8 +58,9 @@ def _check_student(student_cfg, loaded: LoadedRecipe, data) -> None:
 
 def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *, teacher: str | None = None,
                      teacher_weights: str | None = None, supernet_dir: Path | None = None,
-                     overrides: dict | None = None, restart: bool = False, log=print) -> Path | None:
+                     overrides: dict | None = None, restart: bool = False, log=None) -> Path | None:
     """Distill the student artifact; returns the new artifact's path (on the main process)."""
+    log = log or logger.info  # progress goes to logging; the CLI shows it
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -69,7 +70,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     from compress.measure.accuracy import accuracy
     from compress.provenance import machine, package_versions
     from compress.search.candidate import Candidate, CandidateSpec, measure
-    from compress.train.supernet import supernet_dir as default_supernet_dir
+    from compress.supernet.checkpoint import supernet_dir as default_supernet_dir
 
     cfg = loaded.recipe.distill.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
     teacher_spec = teacher or cfg.teacher
@@ -87,8 +88,10 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     data = loaded.load_data()
     _check_student(student_cfg, loaded, data)
     student = float_model(compress.load(student_path)).train()
-    bn = calibration_batches(data.train, loaded.recipe.supernet.bn_calibration_batches, batch_size=64,
-                             seed=loaded.recipe.seed)
+    # The same draws as the search and the export (student and teacher see the images they were built with).
+    reference = reference_batches(data.train, loaded.recipe.seed, bn=loaded.recipe.supernet.bn_calibration_batches,
+                                  calibration=loaded.recipe.search.policies.quantize.calibration_batches)
+    bn = reference.bn
     teacher_model, teacher_desc = load_teacher(teacher_spec, weights=teacher_weights or cfg.teacher_weights,
                                                supernet_dir=supernet_dir or default_supernet_dir(loaded.run_dir()),
                                                bn_batches=bn)
@@ -110,13 +113,10 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     val_loader = torch.utils.data.DataLoader(ImageDataset(data.val), batch_size=256, shuffle=False)
     wrapped = WithFeatures(student)
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.steps // 20)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.steps, cfg.steps // 20))
     model, optimizer, loader, val_loader, scheduler = accelerator.prepare(wrapped, optimizer, loader, val_loader,
                                                                            scheduler)
     teacher_model.to(accelerator.device)
-    teacher_features = hasattr(teacher_model, "forward_features")
 
     state_dir = out_dir.with_name(out_dir.name + ".state")
     recover_dir(state_dir)
@@ -167,11 +167,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
                 with accelerator.autocast():
                     logits, features = model(x)
                     with torch.no_grad():
-                        if teacher_features:
-                            t_features = teacher_model.forward_features(x)
-                            t_logits = teacher_model.classifier(t_features)
-                        else:
-                            t_logits, t_features = teacher_model(x), None
+                        t_logits, t_features = logits_and_features(teacher_model, x)
                     loss = distill_loss(policy, y, logits.float(), t_logits.float(), features, t_features)
                 if not torch.isfinite(loss):
                     raise CompressError(f"distillation loss became {loss.item()} at step {step + 1}; the last "
@@ -212,8 +208,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     target = TargetConfig.model_validate(student_cfg.target)
     policies = Policies.from_dict(student_cfg.policies or {})
     shape = (target.batch_size, data.in_channels, data.image_size, data.image_size)
-    calibration = calibration_batches(data.train, loaded.recipe.search.policies.quantize.calibration_batches,
-                                      batch_size=32, seed=loaded.recipe.seed + 1)
+    calibration = reference.calibration
     deployable = lower(trained, student_cfg.runtime, policies.quant, calibration, shape, device=target.device)
     metrics = measure(trained, deployable, data, target)
     test_acc = accuracy(deployable.runner(threads=1), data.test)

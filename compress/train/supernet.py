@@ -5,14 +5,20 @@ on the largest subnet's (detached) soft predictions. The losses are summed and b
 step is one graph and runs unchanged under DistributedDataParallel. Every rank draws the same subnets
 (the subnet sampler is seeded per epoch), which DDP requires.
 
+Options that help inherited accuracy rank architectures (recipe ``supernet:``): ``kd_loss: alpha`` (AlphaNet's
+adaptive alpha-divergence instead of KL), ``few_shot: true`` (no weight of a stage shared by two block
+families), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient loses its component against the
+largest subnet's where they conflict; two backward passes, one process). ``heads_mode: regroup`` of the
+attention families is a search-space option (see compress/families/attn.py).
+
 State is saved with ``accelerator.save_state`` every ``checkpoint_every`` epochs; a run that is interrupted
 and started again resumes from the last saved epoch. The final checkpoint is written atomically.
 """
 
 from __future__ import annotations
 
+import logging
 import json
-import math
 import random
 import shutil
 import sys
@@ -23,20 +29,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from compress.data import DatasetSplits, augment_batch, calibration_batches, make_loader
+from compress.data import DatasetSplits, augment_batch, make_loader, reference_batches
 from compress.errors import CompressError
 from compress.fsutil import ensure_writable_dir, recover_dir
 from compress.measure.accuracy import accuracy
+from compress.policies.distill import alpha_divergence_loss, logit_kd_loss
+from compress.policies.finetune import warmup_cosine
 from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
-from compress.supernet.checkpoint import META, load_supernet, save_supernet
+from compress.supernet.checkpoint import META, load_supernet, save_supernet, supernet_dir
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
 from compress.train.state import read_progress, save_training_state
 
-def supernet_dir(run_dir: Path) -> Path:
-    return run_dir / "supernet"
-
+logger = logging.getLogger(__name__)
 
 def _state_dir(run_dir: Path) -> Path:
     return run_dir / "supernet-state"
@@ -52,6 +58,25 @@ def checkpoint_matches(run_dir: Path, key: str) -> bool:
         return False
 
 
+def project_conflicts(params: list[torch.nn.Parameter], largest_grads: list[torch.Tensor | None]) -> int:
+    """NASViT's gradient projection, per weight tensor: where the sampled subnets' gradient (in ``p.grad``)
+    points against the largest subnet's (negative inner product), drop its component along the largest one's;
+    then add the largest one's. Returns how many tensors conflicted."""
+    conflicts = 0
+    for p, g_large in zip(params, largest_grads):
+        if g_large is None:
+            continue
+        if p.grad is None:
+            p.grad = g_large
+            continue
+        dot = (p.grad * g_large).sum()
+        if dot < 0:
+            p.grad -= dot / g_large.pow(2).sum().clamp_min(1e-12) * g_large
+            conflicts += 1
+        p.grad += g_large
+    return conflicts
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     # No weight decay on norms, biases and 1-d parameters (standard for transformers and BN nets).
     decay, no_decay = [], []
@@ -60,21 +85,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _warmup_cosine(total_steps: int, warmup_fraction: float):
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | None = None,
-                   log=print) -> Path:
+                   log=None) -> Path:
     """Train (or resume, or reuse) the recipe's supernet; return the checkpoint directory."""
+    log = log or logger.info  # progress goes to logging; the CLI shows it
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
@@ -100,7 +114,10 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
     )
     set_seed(recipe.seed)
     data = data or loaded.load_data()
-    supernet = HybridSupernet(space, data.in_channels, data.num_classes, data.mean, data.std)
+    supernet = HybridSupernet(space, data.in_channels, data.num_classes, data.mean, data.std, few_shot=cfg.few_shot)
+    if cfg.gradient_projection and accelerator.num_processes > 1:
+        raise CompressError("supernet.gradient_projection projects each process's own gradients and is only "
+                            "supported in one process; train without it or with one process")
     optimizer = torch.optim.AdamW(_param_groups(supernet, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = len(make_loader(data.train, cfg.batch_size * accelerator.num_processes, shuffle=False,
                                       drop_last=True))
@@ -108,7 +125,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
         raise CompressError(f"supernet.batch_size {cfg.batch_size} is larger than the training split "
                             f"({len(data.train)} images)")
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps, cfg.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, int(total_steps * cfg.warmup_fraction)))
     model, optimizer, scheduler = accelerator.prepare(supernet, optimizer, scheduler)
 
     start_epoch = 0
@@ -125,6 +142,10 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
 
     largest = space.largest()
     temperature = cfg.distill_temperature
+    if cfg.kd_loss == "alpha":
+        kd_loss = alpha_divergence_loss  # AlphaNet distils at temperature 1
+    else:
+        kd_loss = lambda student, teacher: logit_kd_loss(student, teacher, temperature)  # noqa: E731
     started = time.time()
     # A bar on a terminal; in logs (CI, nohup) one line per epoch instead.
     interactive = sys.stderr.isatty()
@@ -146,21 +167,28 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
             with accelerator.autocast():
                 supernet.set_active(largest)
                 teacher_logits = model(x)
-                loss = F.cross_entropy(teacher_logits, y, label_smoothing=cfg.label_smoothing)
-                soft = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
+                largest_loss = F.cross_entropy(teacher_logits, y, label_smoothing=cfg.label_smoothing)
+                soft_targets = teacher_logits.detach().float()
                 students = [space.sample_smallest(rng)] + [space.sample(rng) for _ in range(cfg.random_subnets)]
+                student_loss = torch.zeros((), device=largest_loss.device)
                 for arch in students:
                     supernet.set_active(arch)
-                    logits = model(x).float()
-                    loss = loss + F.kl_div(F.log_softmax(logits / temperature, dim=-1), soft,
-                                           reduction="batchmean") * temperature**2
+                    student_loss = student_loss + kd_loss(model(x).float(), soft_targets)
+                loss = largest_loss + student_loss
             if not torch.isfinite(loss):
                 raise CompressError(
                     f"supernet training loss became {loss.item()} at epoch {epoch + 1}; the last checkpoint "
                     f"({state_dir}) is intact. Lower supernet.lr or check the data."
                 )
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            if cfg.gradient_projection:
+                accelerator.backward(largest_loss)
+                largest_grads = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(student_loss)
+                project_conflicts(list(model.parameters()), largest_grads)
+            else:
+                accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -191,6 +219,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
             "train_seconds_this_session": round(train_seconds, 1),
             "resumed_from_epoch": start_epoch,
             "processes": accelerator.num_processes,
+            "few_shot": cfg.few_shot,
             "metrics": metrics,
             "versions": package_versions(),
         }
@@ -204,13 +233,16 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
 
 
 def measure_extremes(supernet: HybridSupernet, data: DatasetSplits, bn_batches: int, seed: int = 0) -> dict[str, float]:
-    """Val accuracy of the largest subnet and of the smallest subnet of each block family mix."""
-    batches = calibration_batches(data.train, bn_batches, batch_size=64, seed=seed)
+    """Val accuracy of the largest subnet, and of the largest and smallest subnet of each block family (the
+    family in every stage that offers it): what a user checks before trusting a search on their data."""
+    batches = reference_batches(data.train, seed, bn=bn_batches).bn
     space = supernet.space
     points = {"largest": space.largest()}
     families = sorted({b for s in space.stages for b in s.blocks})
     for family in families:
         blocks = [family if family in s.blocks else s.blocks[0] for s in space.stages]
+        if space.largest(blocks) != points["largest"]:
+            points[f"largest_{family}"] = space.largest(blocks)
         points[f"smallest_{family}"] = space.smallest(blocks)
     out = {}
     for name, arch in points.items():

@@ -22,6 +22,20 @@ def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return model(x), None
 
 
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """The one learning-rate schedule (a ``LambdaLR`` factor): linear warm-up over ``warmup_steps``, then
+    cosine decay to zero at ``total_steps``. Fine-tuning, supernet training and distillation all use it."""
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
 def batches(split: Split, batch_size: int, seed: int):
     """An endless stream of shuffled training batches, reshuffled every pass, deterministic from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
@@ -47,9 +61,7 @@ def finetune(model: nn.Module, split: Split, *, steps: int, lr: float, batch_siz
         return model.eval()
     generator = torch.Generator().manual_seed(seed + 1)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    warmup = max(1, int(steps * warmup_fraction))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, int(steps * warmup_fraction)))
     if teacher is not None:
         teacher.eval()
     model.train()

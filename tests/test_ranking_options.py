@@ -1,0 +1,80 @@
+"""Supernet training options meant to make inherited accuracy rank architectures (issue 11): each changes
+what it should."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compress.policies.distill import alpha_divergence_loss, logit_kd_loss
+from compress.supernet import HybridSupernet, extract_subnet
+from compress.train.supernet import project_conflicts
+
+
+def test_alpha_divergence_is_zero_on_agreement_and_at_least_kl_otherwise():
+    torch.manual_seed(0)
+    teacher = torch.randn(16, 5)
+    assert alpha_divergence_loss(teacher.clone(), teacher).abs() < 1e-6
+    student = torch.randn(16, 5)
+    alpha = alpha_divergence_loss(student, teacher)
+    assert alpha >= logit_kd_loss(student, teacher, 1.0) - 1e-6  # the max includes alpha = 1, which is KL(p || q)
+    # a student that spreads mass over a class the teacher rules out: alpha = -1 punishes it harder than KL
+    teacher, spread = torch.tensor([[8.0, 8.0, -8.0]]), torch.tensor([[0.0, 0.0, 0.0]])
+    assert alpha_divergence_loss(spread, teacher) > logit_kd_loss(spread, teacher, 1.0) + 0.1
+    assert torch.isfinite(alpha_divergence_loss(torch.tensor([[-60.0, 60.0]]), torch.tensor([[60.0, -60.0]])))
+
+
+def test_gradient_projection_removes_only_the_conflicting_component():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    g_large = [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])]
+    a.grad = torch.tensor([-1.0, 2.0])  # conflicts: dot = -1
+    b.grad = torch.tensor([1.0, 2.0])   # agrees: left as it is
+    assert project_conflicts([a, b], g_large) == 1
+    torch.testing.assert_close(a.grad, torch.tensor([1.0, 2.0]))  # (-1, 2) -> (0, 2), plus the largest's (1, 0)
+    torch.testing.assert_close(b.grad, torch.tensor([2.0, 2.0]))
+
+
+def test_few_shot_split_gives_each_family_its_own_downsampling_and_extracts_exactly(tiny_space):
+    torch.manual_seed(0)
+    net = HybridSupernet(tiny_space, 3, 5, [0.5] * 3, [0.25] * 3, few_shot=True)
+    shared = HybridSupernet(tiny_space, 3, 5, [0.5] * 3, [0.25] * 3)
+    assert set(net.stages[1].downsamples) == {"conv", "attn"} and set(net.stages[0].downsamples) == {"shared"}
+    assert set(shared.stages[1].downsamples) == {"shared"}
+    w_conv, w_attn = (net.stages[1].downsamples[f].weight for f in ("conv", "attn"))
+    assert w_conv.data_ptr() != w_attn.data_ptr() and not torch.equal(w_conv, w_attn)
+    rng = random.Random(0)
+    with torch.no_grad():
+        for _ in range(4):
+            net.set_active(tiny_space.sample(rng))
+            net.train()(torch.rand(8, 3, 16, 16))
+    net.eval()
+    x = torch.rand(4, 3, 16, 16)
+    for _ in range(10):
+        arch = tiny_space.sample(rng)
+        net.set_active(arch)
+        with torch.no_grad():
+            torch.testing.assert_close(extract_subnet(net, arch).eval()(x), net(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_training_with_every_ranking_option_runs_and_reloads(tmp_path):
+    from compress.recipe import load_recipe
+    from compress.supernet.checkpoint import load_supernet
+    from compress.train.supernet import train_supernet
+    from tests.conftest import tiny_recipe
+
+    loaded = load_recipe(tiny_recipe(tmp_path, supernet={"epochs": 1, "batch_size": 32, "lr": 0.005,
+                                                         "random_subnets": 1, "bn_calibration_batches": 2,
+                                                         "kd_loss": "alpha", "few_shot": True,
+                                                         "gradient_projection": True}))
+    run = loaded.run_dir(None)
+    torch.manual_seed(0)
+    initial = HybridSupernet(loaded.space, 3, 4, [0.5] * 3, [0.25] * 3, few_shot=True)
+    ckpt = load_supernet(train_supernet(loaded, run))
+    assert ckpt.meta["few_shot"] is True and ckpt.supernet.few_shot
+    stage = ckpt.supernet.stages[1]
+    # both families' down-sampling convolutions were trained, separately
+    for family in ("conv", "attn"):
+        assert not torch.equal(stage.downsamples[family].weight, initial.stages[1].downsamples[family].weight)
+    assert all(0 <= v <= 1 for v in ckpt.meta["metrics"].values())
