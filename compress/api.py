@@ -52,6 +52,15 @@ def _loaded(recipe: LoadedRecipe | str | Path) -> LoadedRecipe:
     return recipe if isinstance(recipe, LoadedRecipe) else load_recipe(recipe)
 
 
+def _refuse_code_teacher(loaded: LoadedRecipe, teacher: str | None, allowed: bool) -> None:
+    """A recipe alone must not make compress import and run code: a ``package.module:factory`` teacher written in
+    it is refused unless ``allow_code_teacher`` (``--allow-code-teacher``); one passed as ``teacher`` is the
+    caller's own choice."""
+    from compress.search.teacher import refuse_recipe_code_teacher
+
+    refuse_recipe_code_teacher(loaded, command_line_teacher=teacher, allowed=allowed)
+
+
 # --------------------------------------------------------------------------------------------------
 # supernet and search
 
@@ -59,10 +68,13 @@ def _loaded(recipe: LoadedRecipe | str | Path) -> LoadedRecipe:
 def train_supernet(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None) -> Path:
     """Train the recipe's supernet, resume an interrupted training, or reuse a matching checkpoint; returns
     the checkpoint directory."""
+    from compress.runlock import run_dir_lock
     from compress.train.supernet import train_supernet as _train
 
     loaded = _loaded(recipe)
-    return _train(loaded, loaded.run_dir(run_dir))
+    run_dir = loaded.run_dir(run_dir)
+    with run_dir_lock(run_dir, "train-supernet"):
+        return _train(loaded, run_dir)
 
 
 def check_ranking(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *, n: int = 8,
@@ -96,34 +108,49 @@ def build_context(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None 
 
 
 def run_search(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *, storage: str | None = None,
-           study: str | None = None, supernet: str | Path | None = None) -> optuna.Study:
+           study: str | None = None, supernet: str | Path | None = None,
+           allow_code_teacher: bool = False) -> optuna.Study:
     """Run the recipe's search, or resume it: the study ends with the recipe's number of completed trials.
 
     The run directory records where its study lives first, so a killed search can still be reported on and
-    exported from.
+    exported from. Search workers on one machine share the run directory (its lock, taken shared); a writer
+    (``run``, ``train_supernet``, ``export_artifacts``) holding it is refused at once, naming it.
     """
-    from compress.fsutil import ensure_writable_dir
-    from compress.rundir import save_run_info
-    from compress.search.loop import resolve_storage
-    from compress.search.loop import run_search as search_loop
+    from compress.runlock import run_dir_lock
 
     loaded = _loaded(recipe)
+    _refuse_code_teacher(loaded, None, allow_code_teacher)
     run_dir = loaded.run_dir(run_dir)
+    with run_dir_lock(run_dir, "search", shared=True):  # workers on one machine may share the directory
+        return _search(loaded, run_dir, storage, study, supernet)[0]
+
+
+def _search(loaded: LoadedRecipe, run_dir: Path, storage: str | None, study: str | None,
+            supernet: str | Path | None) -> tuple[optuna.Study, str]:
+    """The search under a lock the caller holds; returns the study and its storage URL."""
+    from compress.fsutil import ensure_writable_dir
+    from compress.rundir import save_run_info
+    from compress.search.loop import preflight, resolve_storage
+    from compress.search.loop import run_search as search_loop
+
     url = resolve_storage(loaded, run_dir, storage)
     name = study or loaded.recipe.search.study_name or loaded.recipe.name
+    preflight(loaded, run_dir, url, name)  # a study this recipe may not join is refused before anything is written
     save_run_info(ensure_writable_dir(run_dir), loaded, url, name)
-    return search_loop(loaded, run_dir, storage=url, study_name=name,
-                      supernet_path=Path(supernet) if supernet else None)
+    study_obj = search_loop(loaded, run_dir, storage=url, study_name=name,
+                            supernet_path=Path(supernet) if supernet else None)
+    return study_obj, url
 
 
 def open_run(run_dir: str | Path, storage: str | None = None, study: str | None = None
              ) -> tuple[LoadedRecipe, str, optuna.Study]:
-    """The recipe, storage URL and study of a search run directory."""
+    """The recipe (the one ``study``, by default the last one searched, was created with), storage URL and
+    study of a search run directory."""
     from compress.rundir import load_run_info
     from compress.search.study import load_existing_study, make_storage
 
-    loaded, url, name = load_run_info(Path(run_dir), storage)
-    return loaded, url, load_existing_study(make_storage(url), study or name)
+    loaded, url, name = load_run_info(Path(run_dir), storage, study)
+    return loaded, url, load_existing_study(make_storage(url), name)
 
 
 @dataclass(frozen=True)
@@ -240,18 +267,25 @@ def _export_from(loaded: LoadedRecipe, study: optuna.Study, url: str, chosen, ch
 def export_artifacts(run_dir: str | Path, *, trials: list[int] | None = None, pareto: bool = False,
            out: str | Path | None = None, storage: str | None = None, study: str | None = None,
            supernet: str | Path | None = None) -> list[Path]:
-    """Write artifacts for trials of a search run (``trials`` by number, or the whole ``pareto`` front)."""
+    """Write artifacts for trials of a search run (``trials`` by number, or the whole ``pareto`` front). The run
+    directory's lock is held throughout: a second writer of it is refused, naming the holder."""
+    from compress.fsutil import ensure_writable_dir
+    from compress.runlock import run_dir_lock
     from compress.search.loop import require_trials
     from compress.supernet.checkpoint import supernet_dir
 
     run_dir = Path(run_dir)
     if not pareto and not trials:
         raise CompressError("say what to export: --trial N (repeatable) or --pareto")
-    loaded, url, study_obj = open_run(run_dir, storage, study)
-    require_trials(study_obj)
-    chosen = select_trials(study_obj, trials, pareto)
-    checkpoint_dir = Path(supernet) if supernet else supernet_dir(run_dir)
-    return _export_from(loaded, study_obj, url, chosen, checkpoint_dir, Path(out) if out else run_dir / "artifacts")
+    if not run_dir.is_dir():
+        raise CompressError(f"{run_dir}: run directory not found")
+    with run_dir_lock(run_dir, "export"):
+        loaded, url, study_obj = open_run(run_dir, storage, study)
+        require_trials(study_obj)
+        chosen = select_trials(study_obj, trials, pareto)
+        checkpoint_dir = Path(supernet) if supernet else supernet_dir(run_dir)
+        out_dir = ensure_writable_dir(Path(out) if out else run_dir / "artifacts", "export --out")
+        return _export_from(loaded, study_obj, url, chosen, checkpoint_dir, out_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,41 +301,57 @@ class RunResult:
 
 
 def run(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *, storage: str | None = None,
-        study: str | None = None) -> RunResult:
-    """The main job: train the supernet (or reuse it), search, export the front (if the recipe says so)."""
-    from compress.search.loop import preflight
-    from compress.train.supernet import train_supernet as _train
+        study: str | None = None, allow_code_teacher: bool = False) -> RunResult:
+    """The main job: train the supernet (or reuse it), search, export the front (if the recipe says so). The run
+    directory's lock is held throughout: a second writer of it is refused, naming the holder."""
+    from compress.runlock import run_dir_lock
 
     started = time.time()
     loaded = _loaded(recipe)
+    _refuse_code_teacher(loaded, None, allow_code_teacher)
     run_dir = loaded.run_dir(run_dir)
+    with run_dir_lock(run_dir, "run"):
+        study_obj, artifacts = _run(loaded, run_dir, storage, study)
+    return RunResult(run_dir, study_obj, artifacts, time.time() - started)
+
+
+def _run(loaded: LoadedRecipe, run_dir: Path, storage: str | None, study: str | None
+         ) -> tuple[optuna.Study, list[Path]]:
+    from compress.search.loop import preflight
+    from compress.train.supernet import train_supernet as _train
+
     preflight(loaded, run_dir, storage, study)
     logger.info(f"[1/3] supernet ({loaded.space.name}, {loaded.recipe.supernet.epochs} epochs)")
     ckpt_dir = _train(loaded, run_dir)
     logger.info(f"[2/3] search ({loaded.recipe.search.n_trials} trials, {loaded.recipe.search.sampler.name})")
-    study_obj = run_search(loaded, run_dir, storage=storage, study=study)
+    study_obj, url = _search(loaded, run_dir, storage, study, None)
     artifacts: list[Path] = []
     if loaded.recipe.export.pareto:
         logger.info("[3/3] export of the Pareto front")
-        from compress.search.loop import resolve_storage
-
-        artifacts = _export_from(loaded, study_obj, resolve_storage(loaded, run_dir, storage),
-                                 select_trials(study_obj, None, True), ckpt_dir, run_dir / "artifacts")
-    return RunResult(run_dir, study_obj, artifacts, time.time() - started)
+        artifacts = _export_from(loaded, study_obj, url, select_trials(study_obj, None, True), ckpt_dir,
+                                 run_dir / "artifacts")
+    return study_obj, artifacts
 
 
 def distill(recipe: LoadedRecipe | str | Path, student: str | Path, out: str | Path | None = None, *,
             teacher: str | None = None, teacher_weights: str | None = None, supernet: str | Path | None = None,
-            **overrides: Any) -> Path | None:
+            restart: bool = False, allow_code_teacher: bool = False, **overrides: Any) -> Path | None:
     """Longer distillation of an exported student (run it under ``accelerate launch`` for several
     processes); ``overrides`` replace fields of the recipe's ``distill`` section. Returns the new artifact
-    on the main process."""
+    on the main process.
+
+    A saved state of the same ``out`` resumes only with the same settings (refused naming the others);
+    ``restart`` discards it and starts over. A ``package.module:factory`` teacher written in the recipe needs
+    ``allow_code_teacher``; one given as ``teacher`` is the caller's own choice."""
     from compress.train.distill import run_distillation
 
+    loaded = _loaded(recipe)
+    _refuse_code_teacher(loaded, teacher, allow_code_teacher)
     student = Path(student)
     out = Path(out) if out else student.with_name(student.name + "-distilled")
-    return run_distillation(_loaded(recipe), student, out, teacher=teacher, teacher_weights=teacher_weights,
-                            supernet_dir=Path(supernet) if supernet else None, overrides=overrides)
+    return run_distillation(loaded, student, out, teacher=teacher, teacher_weights=teacher_weights,
+                            supernet_dir=Path(supernet) if supernet else None, overrides=overrides,
+                            restart=restart)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,10 +394,11 @@ class Evaluation:
     recorded: dict[str, Any]
 
 
-def evaluate(artifact: str | Path, threads: int | None = None, *, device_url: str | None = None,
-             token_env: str | None = None, ca_file: str | None = None) -> Evaluation:
-    """Re-measure an artifact: accuracy on the data it records (on this machine), latency on its runtime on
-    this machine, or on the device server at ``device_url`` (see :func:`device_latency`)."""
+def evaluate(artifact: str | Path, threads: int | None = None, data: str | Path | None = None, *,
+             device_url: str | None = None, token_env: str | None = None, ca_file: str | None = None) -> Evaluation:
+    """Re-measure an artifact: accuracy on the data it records (or at ``data``, the same data's path on this
+    machine), latency on its runtime on this machine, or on the device server at ``device_url`` (see
+    :func:`device_latency`)."""
     from compress.data import load_dataset
     from compress.export.artifact import deployed_runner
     from compress.measure.accuracy import accuracy
@@ -357,6 +408,18 @@ def evaluate(artifact: str | Path, threads: int | None = None, *, device_url: st
     data_spec = dict(config.provenance.get("data") or {})
     if not data_spec:
         raise CompressError(f"{artifact}: config.json records no data to evaluate on")
+    if data:  # the data moved, or lives elsewhere on this machine
+        if not data_spec.get("path"):
+            raise CompressError(f"{artifact}: its data is built in ({data_spec['source']}); --data takes no path")
+        data_spec["path"] = str(Path(data))
+    if data_spec.get("path"):
+        origin = "given with --data" if data else "recorded in config.json; --data PATH to use another"
+        logger.info(f"data: {data_spec['source']} at {data_spec['path']} ({origin})")
+        if not Path(data_spec["path"]).exists():
+            raise CompressError(f"{artifact}: its data path {data_spec['path']} does not exist on this "
+                                "machine; give the data's path with --data PATH")
+    else:
+        logger.info(f"data: {data_spec['source']} (built in)")
     seed = data_spec.pop("seed", 0)
     data = load_dataset(data_spec.pop("source"), seed=seed, **data_spec)
     target = config.target
@@ -380,6 +443,10 @@ def time_artifact(artifact: str | Path, *, threads: int = 1, batch_size: int = 1
     from compress.export.artifact import deployed_runner
     from compress.measure.latency import example_input, measure_latency
 
+    for flag, value, least in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1),
+                               ("--threads", threads, 1), ("--warmup", warmup, 0)):
+        if value < least:
+            raise CompressError(f"{flag} must be at least {least} (got {value})")
     runner, config = deployed_runner(Path(artifact), threads=threads)
     if device_url:
         latency = device_latency(artifact, device_url, threads=threads, batch_size=batch_size, warmup=warmup,

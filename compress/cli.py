@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from compress.errors import CompressError
 
@@ -21,11 +22,16 @@ def _log(msg: str) -> None:
 
 
 class _ConsoleHandler(logging.Handler):
-    """The library's progress (logger ``compress``, INFO and up) on the command's own output."""
+    """The library's progress (logger ``compress``, INFO and up) on the command's own output; warnings and
+    errors on stderr, where a script reading the output does not take them for results."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _log(record.getMessage())
+            if record.levelno >= logging.WARNING:
+                err_console.print(Text.assemble(("warning:", "yellow"), " ", record.getMessage()), highlight=False,
+                                  soft_wrap=True)
+            else:
+                _log(record.getMessage())
         except Exception:  # noqa: BLE001 - logging must never break the command
             self.handleError(record)
 
@@ -68,7 +74,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(args.recipe)
     run_dir = loaded.run_dir(args.run_dir)
-    study = api.run_search(loaded, run_dir, storage=args.storage, study=args.study, supernet=args.supernet)
+    study = api.run_search(loaded, run_dir, storage=args.storage, study=args.study, supernet=args.supernet,
+                           allow_code_teacher=args.allow_code_teacher)
     console.print(front_table(study))
     _log(f"front: {run_dir / 'pareto.csv'}, {run_dir / 'pareto.png'}; all trials: {run_dir / 'trials.csv'}")
     return 0
@@ -84,6 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from compress import api
+    from compress.fsutil import ensure_writable_dir
     from compress.search.outputs import front_table, write_outputs
     from compress.search.study import load_existing_study, make_storage
 
@@ -95,6 +103,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise CompressError("give a run directory, or --storage URL (and --study NAME)")
         loaded, _, study = api.open_run(Path(args.run), None, args.study)
         out_dir = Path(args.run)
+    ensure_writable_dir(out_dir, "report directory")
     console.print(front_table(study))
     paths = write_outputs(study, out_dir, loaded)
     _log("written: " + ", ".join(str(p) for p in paths.values()))
@@ -104,8 +113,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from compress import api
 
-    e = api.evaluate(args.artifact, threads=args.threads, device_url=args.device, token_env=args.token_env,
-                     ca_file=args.device_ca)
+    e = api.evaluate(args.artifact, threads=args.threads, data=args.data, device_url=args.device,
+                     token_env=args.token_env, ca_file=args.device_ca)
     recorded, latency = e.recorded, e.latency
     _log(f"{args.artifact} on {e.runtime} ({e.device}, {e.threads} thread(s), batch {e.batch_size}):")
     _log(f"  val accuracy  {e.val_accuracy:.4f}   (recorded {recorded['accuracy']:.4f})")
@@ -134,7 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compress import api
     from compress.search.outputs import front_table
 
-    result = api.run(args.recipe, args.run_dir, storage=args.storage, study=args.study)
+    result = api.run(args.recipe, args.run_dir, storage=args.storage, study=args.study,
+                     allow_code_teacher=args.allow_code_teacher)
     out = result.run_dir / "artifacts"
     console.print(front_table(result.study))
     _log(f"done in {result.seconds:.0f}s. Plot: {result.run_dir / 'pareto.png'}; artifacts: {out}; "
@@ -150,7 +160,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                  "checkpoint_every": args.checkpoint_every, "eval_every": args.eval_every,
                  "gradient_accumulation_steps": args.gradient_accumulation_steps}
     api.distill(args.recipe, args.student, args.out, teacher=args.teacher, teacher_weights=args.teacher_weights,
-                supernet=args.supernet, **overrides)
+                supernet=args.supernet, restart=args.restart, allow_code_teacher=args.allow_code_teacher, **overrides)
     return 0
 
 
@@ -207,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the run dir; postgresql://... to scale out)")
     p.add_argument("--study", help="study name (default: the recipe's name)")
     p.add_argument("--supernet", help="supernet checkpoint directory (default: <run dir>/supernet)")
+    p.add_argument("--allow-code-teacher", action="store_true",
+                   help="accept a package.module:factory teacher written in the recipe (it imports and runs code)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export", help="write deployable artifacts for trials of a search run")
@@ -230,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact")
     p.add_argument("--threads", type=int)
     _device_arguments(p)
+    p.add_argument("--data", help="the data's path on this machine (default: the path recorded in the artifact)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("latency", help="time an artifact on this machine (or on a device server with --device)")
@@ -260,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--weight", float), ("--feature-weight", float), ("--checkpoint-every", int),
                        ("--eval-every", int), ("--gradient-accumulation-steps", int)):
         p.add_argument(flag, type=kind, help="overrides the recipe's distill section")
+    p.add_argument("--restart", action="store_true", help="discard a saved state of other settings and start over")
+    p.add_argument("--allow-code-teacher", action="store_true",
+                   help="accept a package.module:factory teacher written in the recipe (it imports and runs code)")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("run", help="the main job: train the supernet (or reuse it), search, export the front")
@@ -267,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir")
     p.add_argument("--storage")
     p.add_argument("--study")
+    p.add_argument("--allow-code-teacher", action="store_true",
+                   help="accept a package.module:factory teacher written in the recipe (it imports and runs code)")
     p.set_defaults(func=cmd_run)
     return parser
 
@@ -291,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CompressError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        # The message is data (paths like /data/[train]), never markup: only the prefix is styled.
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted; completed work is saved and the command resumes where it stopped")

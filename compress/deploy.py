@@ -106,6 +106,7 @@ def lower(model: HybridNet, runtime: str, policy: QuantPolicy, calibration: list
 def rebuild_model(model_config: dict, quantization: dict, tensors: dict[str, torch.Tensor],
                   device: str = "cpu") -> nn.Module:
     """The PyTorch model of an artifact from its config and ``model.safetensors`` tensors."""
+    _check_model_size(model_config, tensors)
     try:
         model = fold_batchnorm(build_model(model_config))
     except (ValueError, KeyError, TypeError) as exc:
@@ -138,6 +139,29 @@ def rebuild_model(model_config: dict, quantization: dict, tensors: dict[str, tor
         model.set_submodule(path, new)
     load_into(model, tensors, "model.safetensors", skip_prefixes=rebuilt)
     return model.to(device).eval()
+
+
+# A stored value holds at least half a parameter (4-bit weights pack two in a byte); BatchNorm parameters,
+# folded away before saving, are the slack.
+PARAMS_PER_STORED_VALUE, PARAM_SLACK = 2, 100_000
+
+
+def _check_model_size(model_config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a config whose layers are far larger than the weights file, before allocating them.
+
+    config.json comes from the artifact directory, which may be untrusted: its layer sizes are counted on
+    the meta device (no memory) and compared with what model.safetensors actually holds.
+    """
+    try:
+        with torch.device("meta"):
+            meta = build_model(model_config)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"model config cannot be built: {exc}") from None
+    params = sum(p.numel() for p in meta.parameters())
+    stored = sum(t.numel() for t in tensors.values())
+    if params > PARAMS_PER_STORED_VALUE * stored + PARAM_SLACK:
+        raise CheckpointError(f"the model config describes {params:,} parameters but model.safetensors holds "
+                              f"{stored:,} values; config.json does not describe these weights")
 
 
 @torch.no_grad()

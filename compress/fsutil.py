@@ -33,8 +33,13 @@ _MODE = 0o666 & ~_umask()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write ``path`` whole or not at all; a full disk or a read-only target is a :class:`CompressError` naming
+    the file, and the file's previous content is intact."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise CompressError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, _MODE)  # mkstemp creates 0600; written files get the usual permissions
         with os.fdopen(fd, "wb") as fh:
@@ -42,6 +47,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CompressError(f"cannot write {path}: {exc.strerror or exc}; its previous content is intact") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

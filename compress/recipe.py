@@ -447,11 +447,43 @@ class LoadedRecipe:
         of a recipe does not retrain the supernet, while editing the data or the space does.
         """
         data = self.recipe.data.model_dump(mode="json")
-        data["path"] = str(self.data_path) if self.data_path else None
+        # The data's content, not the path's spelling: another relative path or a copy on another machine is
+        # the same data.
+        data["path"] = self.data_fingerprint()
         blob = json.dumps({"data": data, "space": self.space.to_dict(),
                            "supernet": self.recipe.supernet.model_dump(mode="json"), "seed": self.recipe.seed},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def study_fingerprint(self) -> dict[str, str]:
+        """Hashes of what makes two trials comparable, by part, stored on a study when it is created.
+
+        A study reopened by a recipe that changed any of these would mix trials measured under other
+        settings (latencies at another thread count, choices the sampler has never seen), so it is refused
+        naming the parts that changed. Budget, storage, sampler and names are not part of it.
+        """
+        r = self.recipe
+        data = r.data.model_dump(mode="json")
+        data.pop("path", None)  # the spelling of the path does not matter, its content does
+        data["content"] = self.data_fingerprint()
+        parts = {
+            "space": self.space.to_dict(),
+            "data": {"data": data, "seed": r.seed},
+            "target": r.target.model_dump(mode="json"),
+            "policies": r.search.policies.model_dump(mode="json"),
+            "constraints": [c.model_dump(mode="json") for c in r.search.constraints],
+            "calibration": {"bn_calibration_batches": r.supernet.bn_calibration_batches},
+        }
+        return {name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+                for name, value in parts.items()}
+
+    def data_fingerprint(self) -> str | None:
+        """A hash of the data's files (see :func:`content_fingerprint`), however the path to them is spelled."""
+        if self.data_path is None:
+            return None
+        from compress.data.fingerprint import content_fingerprint
+
+        return content_fingerprint(self.data_path)
 
     def resolve(self, value: str | None) -> str | None:
         """A path from the recipe, relative to the recipe's directory (module:factory specs pass through)."""

@@ -58,7 +58,7 @@ def student(tmp_path_factory, trained_tiny):
 def distill(recipe, student_path, out, *extra, launcher=(), check=True, **kwargs):
     cmd = [sys.executable, *launcher, "-m", "compress", "distill", str(recipe), "--student", str(student_path),
            "--out", str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, **{"env": env(), **kwargs})
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -141,7 +141,8 @@ def test_bad_teachers_fail_before_training(student, tmp_path, extra, expected):
         weights = tmp_path / "seven.safetensors"
         save_file(user_teacher.seven_class_teacher().state_dict(), weights)
         extra = [str(weights) if e == "SEVEN" else e for e in extra]
-    if "x.safetensors" in extra:
+    if "x.safetensors" in extra:  # a valid weights file: it is checked before the module is imported
+        save_file(user_teacher.linear_teacher().state_dict(), tmp_path / "x.safetensors")
         extra = [str(tmp_path / e) if e == "x.safetensors" else e for e in extra]
     out = tmp_path / "never"
     proc = distill(recipe, path, out, *extra, check=False, timeout=300)
@@ -163,3 +164,88 @@ def test_student_from_another_space_is_refused(student, tmp_path):
     proc = distill(recipe, other, tmp_path / "never", check=False, timeout=300)
     assert proc.returncode == 2
     assert "comes from search space 'cifar-hybrid'" in proc.stderr
+
+
+def test_batch_larger_than_the_train_split_is_refused_not_hung(student, tmp_path):
+    recipe, path = student
+    out = tmp_path / "never"
+    proc = distill(recipe, path, out, "--steps", "2", "--batch-size", "4000", check=False, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "distill.batch_size 4000" in proc.stderr and "training split" in proc.stderr
+    assert not out.exists()
+
+
+def test_resume_with_other_settings_is_refused_or_restarted(student, tmp_path):
+    recipe, path = student
+    out = tmp_path / "resumable"
+    state = out.with_name(out.name + ".state")
+    log = tmp_path / "distill.log"
+    common = ["--steps", "12", "--checkpoint-every", "4", "--eval-every", "1000"]
+    proc = start_held("compress.train.distill:save_training_state", 2,
+                      ["distill", str(recipe), "--student", str(path), "--out", str(out), *common], log, env=env())
+    wait_until_held(proc, log, timeout=300)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = (state / "progress.json").read_text()
+    for changed, named in ((["--lr", "0.5"], "lr (0.0005 then, 0.5 now)"), (["--batch-size", "8"], "batch_size"),
+                           (["--steps", "16"], "steps")):
+        args = [*common, *changed] if changed[0] != "--steps" else ["--steps", "16", *common[2:]]
+        proc = distill(recipe, path, out, *args, check=False, timeout=300)
+        assert proc.returncode == 2 and named in proc.stderr and "--restart" in proc.stderr, proc.stderr
+        assert (state / "progress.json").read_text() == saved  # left intact
+    done = distill(recipe, path, out, *common, "--lr", "0.5", "--restart", timeout=600)
+    assert "discarded" in done.stdout
+    d = json.loads((out / "config.json").read_text())["provenance"]["distillation"]
+    assert d["resumed_from_step"] == 0 and d["optimizer_steps"] == 12
+
+
+def _marking_module(tmp_path):
+    """A teacher module that leaves a file behind when it is imported: proof that its code ran."""
+    (tmp_path / "marking_teacher.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(tmp_path / 'IMPORTED')!r}).write_text('ran')\n"
+        "from user_teacher import linear_teacher\n")
+    e = env()
+    e["PYTHONPATH"] = os.pathsep.join([str(tmp_path), e["PYTHONPATH"]])
+    return e
+
+
+def test_a_recipe_alone_cannot_import_a_teacher_module(student, tmp_path):
+    import yaml
+    from safetensors.torch import save_file
+
+    recipe, path = student
+    e = _marking_module(tmp_path)
+    weights = tmp_path / "teacher.safetensors"
+    save_file(user_teacher.linear_teacher().state_dict(), weights)
+    data = yaml.safe_load(Path(recipe).read_text())
+    data["distill"] = {**data.get("distill", {}), "teacher": "marking_teacher:linear_teacher",
+                       "teacher_weights": str(weights)}
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text(yaml.safe_dump(data))
+    out = tmp_path / "never"
+    proc = distill(hostile, path, out, "--steps", "2", check=False, env=e, timeout=300)
+    assert proc.returncode == 2 and "would import and run" in proc.stderr and "--allow-code-teacher" in proc.stderr
+    assert not (tmp_path / "IMPORTED").exists() and not out.exists()
+    data["search"]["policies"]["distill"] = {"enabled": True, "teacher": "marking_teacher:linear_teacher",
+                                             "teacher_weights": str(weights)}
+    hostile.write_text(yaml.safe_dump(data))
+    for command in ("search", "run"):
+        proc = subprocess.run([sys.executable, "-m", "compress", command, str(hostile)], capture_output=True,
+                              text=True, env=e, timeout=300)
+        assert proc.returncode == 2 and "search.policies.distill.teacher" in proc.stderr, proc.stderr
+    assert not (tmp_path / "IMPORTED").exists()
+
+
+def test_teacher_weights_are_checked_before_its_module_is_imported(student, tmp_path):
+    import torch
+
+    recipe, path = student
+    e = _marking_module(tmp_path)
+    pickled = tmp_path / "teacher.safetensors"
+    torch.save(user_teacher.linear_teacher().state_dict(), pickled)
+    for weights, expected in ((pickled, "refuses to unpickle"), (tmp_path / "missing.safetensors", "not found")):
+        proc = distill(recipe, path, tmp_path / "never", "--steps", "2", "--teacher", "marking_teacher:linear_teacher",
+                       "--teacher-weights", str(weights), check=False, env=e, timeout=300)
+        assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
+    assert not (tmp_path / "IMPORTED").exists()

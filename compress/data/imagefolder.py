@@ -27,6 +27,9 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 SPLIT_DIRS = ("train", "val", "test")
 DEFAULT_CHANNELS = 3
 _PROGRESS_MIN_FILES = 2000
+# Decoded images are held in memory together; photos at full size (12 Mpixel, 36 MB each) would exhaust it
+# without a word. Above this the user is asked for data.image_size, which resizes while decoding.
+MAX_DECODED_BYTES = 8 * 2**30
 
 
 def _class_names(folder: Path) -> list[str]:
@@ -41,7 +44,9 @@ def _image_files(folder: Path, class_names: list[str]) -> list[tuple[Path, int]]
     files = []
     for label, name in enumerate(class_names):
         class_dir = folder / name
-        found = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        # Dotfiles are tool debris, not images: macOS writes ._name.jpg beside every file on foreign disks.
+        found = sorted(p for p in class_dir.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
             raise DataError(
                 f"class folder {class_dir} has no image files (expected {', '.join(sorted(IMAGE_EXTENSIONS))})"
@@ -50,9 +55,11 @@ def _image_files(folder: Path, class_names: list[str]) -> list[tuple[Path, int]]
     return files
 
 
-def _read(path: Path, mode: str) -> Image.Image:
+def _read(path: Path, mode: str, image_size: int | None = None) -> Image.Image:
     try:
         with Image.open(path) as image:
+            if image_size is not None:  # JPEG decodes at a fraction of full size: a photo never fills memory
+                image.draft(mode, (image_size, image_size))
             # Photos carry their rotation in EXIF; honour it so images look as they do in any viewer.
             return ImageOps.exif_transpose(image).convert(mode)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -69,7 +76,7 @@ def _decode(paths: list[Path], channels: int, image_size: int | None) -> torch.T
     out: np.ndarray | None = None
     with tqdm(paths, desc="decoding images", unit="img", disable=len(paths) <= _PROGRESS_MIN_FILES) as progress:
         for i, path in enumerate(progress):
-            image = _read(path, mode)
+            image = _read(path, mode, image_size)
             if image_size is not None:
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
             if out is None:
@@ -78,6 +85,12 @@ def _decode(paths: list[Path], channels: int, image_size: int | None) -> torch.T
                         f"image {path} is {image.width}x{image.height}, not square; "
                         "set data.image_size to resize all images to one square size"
                     )
+                needed = len(paths) * channels * image.height * image.width
+                if needed > MAX_DECODED_BYTES:
+                    raise DataError(
+                        f"images like {path} are {image.width}x{image.height}: {len(paths)} of them take "
+                        f"{needed / 2**30:.1f} GiB decoded; set data.image_size (e.g. 224) to resize them while "
+                        "decoding")
                 out = np.empty((len(paths), channels, image.height, image.width), dtype=np.uint8)
             elif (image.width, image.height) != (out.shape[3], out.shape[2]):
                 raise DataError(

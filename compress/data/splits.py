@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from compress.errors import DataError
 # Statistics are accumulated in float64 over chunks so that CIFAR-10 sized data never needs a float copy at once.
 _STATS_CHUNK = 1024
 _STD_FLOOR = 1e-6
+log = logging.getLogger(__name__)
 
 
 def _count(n: int, fraction: float) -> int:
@@ -104,6 +106,12 @@ def assemble(data: SourceData, *, normalize: dict | None, num_classes: int | Non
     missing = [data.class_names[k] for k in range(found) if k not in present]
     if missing:
         raise DataError(f"{data.source}: classes {missing} have no images in the train split; every class needs some")
+    for name in ("val", "test"):
+        present = set(getattr(data, name).labels.unique().tolist())
+        absent = [data.class_names[k] for k in range(found) if k not in present]
+        if absent:  # accuracy on that split says nothing about these classes
+            log.warning("%s: classes %s have no images in the %s split (too few images to carve one out); "
+                        "add images or raise data.%s_fraction", data.source, absent, name, name)
     mean, std = resolve_normalization(normalize, data.train)
     return DatasetSplits(
         train=data.train,

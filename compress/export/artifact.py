@@ -28,6 +28,8 @@ from compress.yamlio import format_validation_error
 FORMAT = "compress-artifact"
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, ONNX, CARD = "config.json", "model.safetensors", "model.onnx", "README.md"
+OWN_FILES = (WEIGHTS, ONNX)  # the only names config.json may list: it is read from untrusted directories
+MAX_CONFIG_BYTES = 16 * 2**20  # a real config.json is a few kB; a larger one is not parsed
 
 
 class ArtifactConfig(BaseModel):
@@ -64,7 +66,10 @@ def write_artifact(path: Path, candidate, metrics, *, data, target, provenance: 
     staging = path.with_name(path.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write artifact {path}: {exc.strerror or exc}") from None
     files: dict[str, bytes] = {WEIGHTS: deployable.safetensors_bytes()}
     if deployable.runtime == "onnxruntime":
         files[ONNX] = deployable.onnx_bytes()
@@ -93,10 +98,14 @@ def write_artifact(path: Path, candidate, metrics, *, data, target, provenance: 
         "provenance": provenance,
         "files": {name: sha256(blob) for name, blob in files.items()},
     }
-    for name, blob in files.items():
-        write_bytes_atomic(staging / name, blob)
-    write_json_atomic(staging / CONFIG, config)
-    write_text_atomic(staging / CARD, model_card(config, path.name))
+    try:
+        for name, blob in files.items():
+            write_bytes_atomic(staging / name, blob)
+        write_json_atomic(staging / CONFIG, config)
+        write_text_atomic(staging / CARD, model_card(config, path.name))
+    except BaseException:  # a full disk, Ctrl-C: no half-written staging directory is left to look like an artifact
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     replace_dir(staging, path)
     return path
 
@@ -109,6 +118,9 @@ def read_config(path: Path) -> ArtifactConfig:
     cfg_file = path / CONFIG
     if not cfg_file.is_file():
         raise CheckpointError(f"{path}: not an artifact ({CONFIG} is missing)")
+    if cfg_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{cfg_file}: {cfg_file.stat().st_size:,} bytes, more than any artifact's config "
+                              f"({MAX_CONFIG_BYTES:,}); not read")
     try:
         raw = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -120,6 +132,12 @@ def read_config(path: Path) -> ArtifactConfig:
     if config.format != FORMAT or config.format_version != FORMAT_VERSION:
         raise CheckpointError(f"{cfg_file}: format {config.format!r} version {config.format_version} is not "
                               f"{FORMAT!r} version {FORMAT_VERSION}")
+    foreign = [name for name in config.files if name not in OWN_FILES]
+    if foreign:
+        raise CheckpointError(f"{cfg_file}: files lists {foreign[0]!r}, which is not a file of an artifact "
+                              f"(expected {', '.join(OWN_FILES)})")
+    if WEIGHTS not in config.files:
+        raise CheckpointError(f"{cfg_file}: files does not list {WEIGHTS}")
     return config
 
 
@@ -128,6 +146,10 @@ def verified_bytes(path: Path, config: ArtifactConfig, name: str) -> bytes:
     file = Path(path) / name
     if name not in config.files:
         raise CheckpointError(f"{path}: the artifact has no {name}")
+    if name not in OWN_FILES:  # read_config refuses these; checked here too for configs built in code
+        raise CheckpointError(f"{path}: {name!r} is not a file of an artifact")
+    if file.is_symlink():  # it could lead anywhere (a device, a file of another user)
+        raise CheckpointError(f"{file}: a symbolic link; an artifact's files must be its own regular files")
     if not file.is_file():
         raise CheckpointError(f"{file}: missing (config.json lists it)")
     blob = file.read_bytes()
@@ -186,6 +208,9 @@ def load(path: str | Path, runtime: str = "torch", device: str = "cpu", threads:
     if runtime == "torch":
         return load_torch_model(path, config, device=device)
     if runtime == "onnxruntime":
+        if ONNX not in config.files:
+            raise CheckpointError(f"{path}: exported without ONNX (export.onnx: false), so it has no onnxruntime "
+                                  "model; load it with runtime='torch'")
         return OnnxModule(verify_artifact(path, config)[ONNX], threads=threads, device=device).eval()
     raise ValueError(f"runtime must be 'torch' or 'onnxruntime', got {runtime!r}")
 

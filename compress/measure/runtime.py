@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +16,18 @@ if TYPE_CHECKING:
 
 # torch is imported inside TorchRunner and OrtRunner.__call__: the device server runs OrtRunner on targets
 # that have ONNX Runtime and no PyTorch.
+
+log = logging.getLogger(__name__)
+_warned_threads: set[int] = set()
+
+
+def check_threads(threads: int) -> None:
+    """More threads than cores time the scheduler, not the model: warn (once per count), naming both."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads > cores and threads not in _warned_threads:
+        _warned_threads.add(threads)
+        log.warning("threads %d is more than this machine's %d CPU core(s) available here; latencies will measure "
+                    "contention, not the model", threads, cores)
 
 
 class OrtRunner:
@@ -37,16 +51,26 @@ class OrtRunner:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
+        check_threads(threads)
         self.session = ort.InferenceSession(model_bytes, options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        self.input_shape = self.session.get_inputs()[0].shape  # symbolic dims (the batch) are names, not ints
         self.device, self.threads = device, threads
+
+    def _check(self, x: torch.Tensor) -> None:
+        expected = self.input_shape
+        if len(x.shape) != len(expected) or any(isinstance(e, int) and e != s for e, s in zip(expected, x.shape)):
+            shown = [e if isinstance(e, int) else "N" for e in expected]
+            raise CompressError(f"the ONNX model takes input of shape {shown} (N: batch), got {list(x.shape)}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
+        self._check(x)
         return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0])
 
     def prepare(self, x: torch.Tensor | np.ndarray) -> Any:
+        self._check(x)
         return np.ascontiguousarray(x if isinstance(x, np.ndarray) else x.detach().cpu().numpy())
 
     def run_prepared(self, x: Any) -> None:
@@ -68,6 +92,7 @@ class TorchRunner:
         if device == "cuda" and not torch.cuda.is_available():
             raise CompressError("target.device is 'cuda' but PyTorch sees no CUDA device on this machine")
         self._torch = torch
+        check_threads(threads)
         self.module = module.eval().to(device)
         self.device, self.threads = device, threads
 

@@ -183,7 +183,13 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
         if done + counts[TrialState.RUNNING] >= n_trials:
             time.sleep(2.0)  # other workers are finishing the last trials; one of them may still fail
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        except KeyboardInterrupt:
+            bar.close()
+            _requeue_interrupted(study, me, log)
+            write_outputs(study, run_dir, loaded)  # pareto.* and trials.csv show the study as it stands
+            raise
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             if trial.number in reported or trial.user_attrs.get(WORKER_ATTR, {}).get("pid") != me["pid"]:
                 continue
@@ -210,6 +216,25 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             f"({time.time() - started:.0f}s this session)")
     write_outputs(study, run_dir, loaded)
     return study
+
+
+REQUEUED_ATTR = "compress.requeued_from"
+
+
+def _requeue_interrupted(study: optuna.Study, me: dict, log) -> None:
+    """Queue again the trial Ctrl-C stopped in this worker (Optuna marked it failed): the next run measures it,
+    a baseline included, instead of losing it for good."""
+    mine = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get(WORKER_ATTR) == me and "fail_reason" not in t.user_attrs and "metrics" not in t.user_attrs]
+    requeued = {t.user_attrs.get(REQUEUED_ATTR) for t in study.get_trials(deepcopy=False)}
+    for trial in mine:
+        if trial.number in requeued:
+            continue
+        attrs = {REQUEUED_ATTR: trial.number}
+        if trial.user_attrs.get(BASELINE_ATTR):
+            attrs[BASELINE_ATTR] = trial.user_attrs[BASELINE_ATTR]
+        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+        log(f"trial {trial.number} was interrupted; it is queued again for the next run")
 
 
 def _trial_line(trial, elapsed: float) -> str:

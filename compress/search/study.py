@@ -24,6 +24,7 @@ from compress.recipe import LoadedRecipe
 STUDY_ATTR_OBJECTIVES = "compress.objectives"
 STUDY_ATTR_SUPERNET = "compress.supernet_key"
 STUDY_ATTR_RECIPE = "compress.recipe_hash"
+STUDY_ATTR_FINGERPRINT = "compress.fingerprint"
 
 
 def default_storage_url(run_dir: Path) -> str:
@@ -123,14 +124,38 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
+REDACTED = "***"
+
+
+def _secret_key(key: str) -> bool:
+    """Query parameters that carry a secret in database URLs (libpq's password/sslpassword, MySQL's passwd)."""
+    key = key.lower()
+    return "pass" in key or key in ("pwd", "secret", "token")
+
+
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in creds else url
-    return url
+    """The URL without its password (in the user info or the query string), for messages and files.
+
+    Edited as text rather than re-assembled by urllib, which turns ``sqlite:////abs/path`` into another URL.
+    """
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    head, has_query, query = rest.partition("?")
+    authority, slash, path = head.partition("/")
+    if "@" in authority:
+        creds, host = authority.rsplit("@", 1)
+        if ":" in creds:
+            authority = f"{creds.split(':', 1)[0]}:{REDACTED}@{host}"
+    if query:
+        items = [item.partition("=") for item in query.split("&")]
+        query = "&".join(f"{k}={REDACTED}" if eq and _secret_key(k) else k + eq + v for k, eq, v in items)
+    return f"{scheme}://{authority}{slash}{path}{has_query}{query}"
+
+
+def is_redacted(url: str) -> bool:
+    """Whether ``url`` came out of :func:`redact_url` with a secret taken out (it cannot open the storage)."""
+    return REDACTED in url
 
 
 def make_sampler(loaded: LoadedRecipe, worker_offset: int = 0) -> optuna.samplers.BaseSampler:
@@ -178,6 +203,7 @@ def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str
                                "Use another --study name.") from None
     wanted = [list(o) for o in objectives]
     if created:
+        study.set_user_attr(STUDY_ATTR_FINGERPRINT, loaded.study_fingerprint())  # before the objectives workers wait for
         study.set_user_attr(STUDY_ATTR_OBJECTIVES, wanted)
         study.set_user_attr(STUDY_ATTR_SUPERNET, supernet_key)
         study.set_user_attr(STUDY_ATTR_RECIPE, loaded.recipe_hash())
@@ -188,6 +214,13 @@ def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str
         raise StorageError(
             f"study {study_name!r} exists with objectives {stored}, this recipe asks for {wanted}; its trials "
             "are left untouched. Use another --study name."
+        )
+    stored_print = _wait_for_attr(study, STUDY_ATTR_FINGERPRINT, seconds=0) or {}  # none on older studies
+    changed = [part for part, value in loaded.study_fingerprint().items() if stored_print.get(part, value) != value]
+    if changed:
+        raise StorageError(
+            f"study {study_name!r}: the recipe changed since it was created: {', '.join(changed)}; new trials would not be comparable with its {len(study.trials)} trials, which "
+            "are left untouched. Start a new study with --study NEW (or restore the recipe)."
         )
     stored_key = study.user_attrs.get(STUDY_ATTR_SUPERNET)
     if stored_key is not None and stored_key != supernet_key:

@@ -46,8 +46,35 @@ def load_teacher(spec: str, *, weights: str | None = None, supernet_dir: Path | 
     return model, description
 
 
+def is_code_teacher(spec: str | None) -> bool:
+    """Whether ``spec`` names a ``package.module:factory``, which imports and runs code."""
+    return bool(spec) and spec != "largest" and ":" in spec and not Path(spec).exists()
+
+
+def refuse_recipe_code_teacher(loaded, *, command_line_teacher: str | None, allowed: bool) -> None:
+    """A recipe alone must not make compress import and run code: a module:factory teacher written in a recipe
+    (which may come from anyone) is accepted only with --allow-code-teacher; on the command line it is the
+    user's own choice."""
+    r = loaded.recipe
+    found = [("search.policies.distill.teacher", r.search.policies.distill.teacher)
+             if r.search.policies.distill.enabled else (None, None)]
+    if command_line_teacher is None:
+        found.append(("distill.teacher", r.distill.teacher))
+    for field, spec in found:
+        if not allowed and is_code_teacher(spec):
+            raise CompressError(f"{loaded.path}: {field}: {spec!r} would import and run that module's code; give "
+                                "it with --teacher on the command line, or add --allow-code-teacher if you trust "
+                                "this recipe")
+
+
 def _user_model(spec: str, weights: str | None) -> tuple[nn.Module, str]:
     module_name, _, factory_name = spec.partition(":")
+    if not weights:
+        raise CompressError(f"teacher {spec!r}: a user model needs its weights (--teacher-weights FILE.safetensors)")
+    from compress.weights import load_into, load_safetensors
+
+    # The weights are checked (present, safetensors, no pickle) before any of the user's code is imported.
+    tensors = load_safetensors(Path(weights))
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -55,14 +82,10 @@ def _user_model(spec: str, weights: str | None) -> tuple[nn.Module, str]:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise CompressError(f"teacher {spec!r}: module {module_name!r} has no callable {factory_name!r}")
-    if not weights:
-        raise CompressError(f"teacher {spec!r}: a user model needs its weights (--teacher-weights FILE.safetensors)")
     model = factory()
     if not isinstance(model, nn.Module):
         raise CompressError(f"teacher {spec!r}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
-    from compress.weights import load_into, load_safetensors
-
-    load_into(model, load_safetensors(Path(weights)), Path(weights))
+    load_into(model, tensors, Path(weights))
     return model, f"{spec} with weights {Path(weights).resolve()}"
 
 

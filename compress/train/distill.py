@@ -58,7 +58,7 @@ def _check_student(student_cfg, loaded: LoadedRecipe, data) -> None:
 
 def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *, teacher: str | None = None,
                      teacher_weights: str | None = None, supernet_dir: Path | None = None,
-                     overrides: dict | None = None, log=None) -> Path | None:
+                     overrides: dict | None = None, restart: bool = False, log=None) -> Path | None:
     """Distill the student artifact; returns the new artifact's path (on the main process)."""
     log = log or logger.info  # progress goes to logging; the CLI shows it
     from accelerate import Accelerator
@@ -104,6 +104,9 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     policy = DistillPolicy(steps=cfg.steps, temperature=cfg.temperature, weight=cfg.weight,
                            feature_weight=cfg.feature_weight, lr=cfg.lr, batch_size=cfg.batch_size)
 
+    if len(data.train) < cfg.batch_size * accelerator.num_processes:  # drop_last would leave no batch: no step ever
+        raise CompressError(f"distill.batch_size {cfg.batch_size} (x {accelerator.num_processes} process(es)) is larger "
+                            f"than the training split ({len(data.train)} images); lower --batch-size")
     generator = torch.Generator().manual_seed(loaded.recipe.seed)
     loader = torch.utils.data.DataLoader(ImageDataset(data.train), batch_size=cfg.batch_size, shuffle=True,
                                          drop_last=True, generator=generator)
@@ -118,11 +121,26 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     state_dir = out_dir.with_name(out_dir.name + ".state")
     recover_dir(state_dir)
     step, epoch, batch_in_epoch, resumed_from = 0, 0, 0, 0
+    # What a resumed run must share with the saved one; any other value would continue a different run.
+    run_settings = {"student": str(Path(student_path).resolve()), "processes": accelerator.num_processes,
+                    "teacher": teacher_desc, "steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                    "temperature": cfg.temperature, "weight": cfg.weight, "feature_weight": cfg.feature_weight,
+                    "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "seed": loaded.recipe.seed}
     progress = read_progress(state_dir)
+    if progress is not None and restart:
+        accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(state_dir)
+            log(f"--restart: the saved state in {state_dir} is discarded")
+        accelerator.wait_for_everyone()
+        progress = None
     if progress is not None:
-        if progress.get("student") != str(Path(student_path).resolve()) or progress.get("processes") != accelerator.num_processes:
-            raise CompressError(f"{state_dir} holds a run of another student or process count; it is left intact. "
-                                "Use another --out or remove it.")
+        changed = [f"{k} ({progress[k]!r} then, {v!r} now)" for k, v in run_settings.items()
+                   if k in progress and progress[k] != v]
+        changed += [k for k in run_settings if k not in progress]  # states saved before these were recorded
+        if changed:
+            raise CompressError(f"{state_dir} holds a run with other settings: {', '.join(changed)}; it is left "
+                                "intact. Give the same settings to resume, or --restart to start over.")
         accelerator.load_state(str(state_dir))
         step, epoch, batch_in_epoch = progress["step"], progress["epoch"], progress["batch_in_epoch"]
         resumed_from = step
@@ -172,8 +190,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
                         f"({time.time() - started:.0f}s)")
             if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 save_training_state(accelerator, state_dir, {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                                                     "student": str(Path(student_path).resolve()),
-                                                     "processes": accelerator.num_processes})
+                                                             **run_settings})
             if step >= cfg.steps:
                 break
         else:
