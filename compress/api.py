@@ -77,6 +77,22 @@ def train_supernet(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None
         return _train(loaded, run_dir)
 
 
+def check_ranking(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *, n: int = 8,
+                  steps: int = 300):
+    """Whether the trained supernet's inherited accuracy ranks ``n`` architectures like short stand-alone
+    training does (:mod:`compress.train.ranking_check`); returns a ``RankingCheck`` with a verdict."""
+    from compress.supernet.checkpoint import load_supernet
+    from compress.train.ranking_check import check_ranking as _check
+    from compress.train.supernet import supernet_dir
+
+    loaded = _loaded(recipe)
+    checkpoint = load_supernet(supernet_dir(loaded.run_dir(run_dir)))
+    cfg = loaded.recipe.supernet
+    return _check(checkpoint.supernet, loaded.load_data(), n=n, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                  seed=loaded.recipe.seed, bn_batches=cfg.bn_calibration_batches,
+                  crop_padding=loaded.recipe.data.augment.crop_padding, hflip=loaded.recipe.data.augment.hflip)
+
+
 def build_context(recipe: LoadedRecipe | str | Path, run_dir: str | Path | None = None, *,
                   supernet: str | Path | None = None):
     """The trained supernet (trained now, or reused) and the ``BuildContext`` the search builds candidates
@@ -369,7 +385,7 @@ def load_artifact(path: str | Path, runtime: str = "torch", device: str = "cpu",
 @dataclass(frozen=True)
 class Evaluation:
     runtime: str
-    device: str
+    device: str  # where the latency was measured: this machine's device, or the device server's name
     threads: int
     batch_size: int
     val_accuracy: float
@@ -378,9 +394,11 @@ class Evaluation:
     recorded: dict[str, Any]
 
 
-def evaluate(artifact: str | Path, threads: int | None = None, data: str | Path | None = None) -> Evaluation:
-    """Re-measure an artifact on this machine: accuracy on the data it records (or at ``data``, the same data's
-    path on this machine), latency on its runtime."""
+def evaluate(artifact: str | Path, threads: int | None = None, data: str | Path | None = None, *,
+             device_url: str | None = None, token_env: str | None = None, ca_file: str | None = None) -> Evaluation:
+    """Re-measure an artifact: accuracy on the data it records (on this machine; ``data`` is the same data's
+    path on this machine), latency on its runtime on this machine, or on the device server at ``device_url``
+    (see :func:`device_latency`)."""
     from compress.data import load_dataset
     from compress.export.artifact import deployed_runner
     from compress.measure.accuracy import accuracy
@@ -403,25 +421,73 @@ def evaluate(artifact: str | Path, threads: int | None = None, data: str | Path 
     else:
         logger.info(f"data: {data_spec['source']} (built in)")
     seed = data_spec.pop("seed", 0)
-    data = load_dataset(data_spec.pop("source"), seed=seed, **data_spec)
+    splits = load_dataset(data_spec.pop("source"), seed=seed, **data_spec)
     target = config.target
     shape = (target.get("batch_size", 1), *config.input["shape"])
-    val, test = accuracy(runner, data.val), accuracy(runner, data.test)
-    latency = measure_latency(runner, example_input(shape), warmup=target.get("warmup", 10),
-                              repeats=target.get("repeats", 50))
-    return Evaluation(config.runtime, runner.device, runner.threads, shape[0], val, test, latency, dict(config.metrics))
+    val, test = accuracy(runner, splits.val), accuracy(runner, splits.test)
+    warmup, repeats = target.get("warmup", 10), target.get("repeats", 50)
+    if device_url:
+        latency = device_latency(artifact, device_url, threads=threads, batch_size=shape[0], warmup=warmup,
+                                 repeats=repeats, token_env=token_env, ca_file=ca_file)
+    else:
+        latency = measure_latency(runner, example_input(shape), warmup=warmup, repeats=repeats)
+    return Evaluation(config.runtime, latency.device, latency.threads, shape[0], val, test, latency,
+                      dict(config.metrics))
 
 
 def time_artifact(artifact: str | Path, *, threads: int = 1, batch_size: int = 1, warmup: int = 20,
-                  repeats: int = 200):
-    """Latency of an artifact on this machine, on its own runtime; returns (latency, runtime, runner)."""
+                  repeats: int = 200, device_url: str | None = None, token_env: str | None = None,
+                  ca_file: str | None = None):
+    """Latency of an artifact on its own runtime, on this machine or on the device server at ``device_url``;
+    returns (latency, runtime, runner); ``latency.device`` and ``latency.threads`` say where it was timed."""
     from compress.export.artifact import deployed_runner
     from compress.measure.latency import example_input, measure_latency
 
     for flag, value, least in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1),
                                ("--threads", threads, 1), ("--warmup", warmup, 0)):
-        if value < least:
+        if value is not None and value < least:
             raise CompressError(f"{flag} must be at least {least} (got {value})")
     runner, config = deployed_runner(Path(artifact), threads=threads)
-    shape = (batch_size, *config.input["shape"])
-    return measure_latency(runner, example_input(shape), warmup=warmup, repeats=repeats), config.runtime, runner
+    if device_url:
+        latency = device_latency(artifact, device_url, threads=threads, batch_size=batch_size, warmup=warmup,
+                                 repeats=repeats, token_env=token_env, ca_file=ca_file)
+    else:
+        shape = (batch_size, *config.input["shape"])
+        latency = measure_latency(runner, example_input(shape), warmup=warmup, repeats=repeats)
+    return latency, config.runtime, runner
+
+
+def device_latency(artifact: str | Path, device_url: str, *, threads: int | None = None, batch_size: int = 1,
+                   warmup: int = 20, repeats: int = 200, token_env: str | None = None, ca_file: str | None = None):
+    """Time an artifact's deployed file on the device server at ``device_url`` (``compress device serve``).
+
+    The token is read from the environment variable ``token_env`` (default ``COMPRESS_DEVICE_TOKEN``), never
+    passed as an argument; ``ca_file`` is the CA certificate (PEM) of a server that uses TLS.
+    """
+    from compress.export.artifact import ONNX, WEIGHTS, read_config, verify_artifact
+    from compress.measure.remote import DEFAULT_TOKEN_ENV, RemoteDevice, RemoteModel, RemoteTimer, device_token
+
+    path = Path(artifact)
+    config = read_config(path)
+    files = verify_artifact(path, config)
+    threads = threads or int(config.target.get("threads", 1))
+    device_kind = config.target.get("remote_device", "cpu")
+    if config.runtime == "onnxruntime":
+        model = RemoteModel("onnxruntime", files[ONNX], threads, device_kind)
+    else:
+        model = RemoteModel("torch", files[WEIGHTS], threads, device_kind, config=config.model,
+                            quantization=config.quantization)
+    device = RemoteDevice(device_url, device_token(token_env or DEFAULT_TOKEN_ENV), ca_file=ca_file)
+    try:
+        logger.info(f"device {device_url}: {device.fingerprint().get('cpu_model')}")
+        shape = (batch_size, *config.input["shape"])
+        return RemoteTimer(device).latency(model, _Shape(shape), warmup=warmup, repeats=repeats)
+    finally:
+        device.close()
+
+
+class _Shape:
+    """An example input as far as a remote timer needs one: its shape (the device makes the tensor)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)

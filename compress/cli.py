@@ -58,6 +58,12 @@ def cmd_train_supernet(args: argparse.Namespace) -> int:
 
     path = api.train_supernet(args.recipe, args.run_dir)
     _log(f"checkpoint: {path}")
+    if args.check_ranking:
+        check = api.check_ranking(args.recipe, args.run_dir, n=args.check_ranking, steps=args.check_steps)
+        for row in check.rows:
+            _log(f"  inherited {row['inherited']:.4f}  alone {row['standalone']:.4f}  {row['arch']}")
+        _log(f"ranking check over {len(check.rows)} architectures ({check.steps} stand-alone steps each): "
+             f"Spearman {check.spearman:.2f}, Kendall {check.kendall:.2f}; {check.verdict()}")
     return 0
 
 
@@ -107,7 +113,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from compress import api
 
-    e = api.evaluate(args.artifact, threads=args.threads, data=args.data)
+    e = api.evaluate(args.artifact, threads=args.threads, data=args.data, device_url=args.device,
+                     token_env=args.token_env, ca_file=args.device_ca)
     recorded, latency = e.recorded, e.latency
     _log(f"{args.artifact} on {e.runtime} ({e.device}, {e.threads} thread(s), batch {e.batch_size}):")
     _log(f"  val accuracy  {e.val_accuracy:.4f}   (recorded {recorded['accuracy']:.4f})")
@@ -123,9 +130,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_latency(args: argparse.Namespace) -> int:
     from compress import api
 
-    latency, runtime, runner = api.time_artifact(args.artifact, threads=args.threads, batch_size=args.batch_size,
-                                                 warmup=args.warmup, repeats=args.repeats)
-    _log(f"{args.artifact}: {runtime} on {runner.device}, batch {args.batch_size}, {runner.threads} thread(s): "
+    latency, runtime, _ = api.time_artifact(args.artifact, threads=args.threads, batch_size=args.batch_size,
+                                            warmup=args.warmup, repeats=args.repeats, device_url=args.device,
+                                            token_env=args.token_env, ca_file=args.device_ca)
+    _log(f"{args.artifact}: {runtime} on {latency.device}, batch {args.batch_size}, {latency.threads} thread(s): "
          f"median {latency.median_ms:.3f} ms, p90 {latency.p90_ms:.3f} ms, spread {100 * latency.spread:.1f}% "
          f"over {latency.repeats} runs")
     return 0
@@ -156,6 +164,32 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def cmd_device_serve(args: argparse.Namespace) -> int:
+    from compress.serve.server import ServeError, serve
+
+    try:
+        return serve(args)
+    except ServeError as exc:
+        raise CompressError(str(exc)) from None
+
+
+def _device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="URL", help="time on the device server at URL (e.g. http://127.0.0.1:8765)")
+    p.add_argument("--token-env", default="COMPRESS_DEVICE_TOKEN",
+                   help="environment variable holding the device server's token (default COMPRESS_DEVICE_TOKEN)")
+    p.add_argument("--device-ca", help="CA certificate (PEM) of a device server that uses TLS")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compress",
@@ -172,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-supernet", help="train (or resume) the recipe's weight-sharing supernet")
     p.add_argument("recipe")
     p.add_argument("--run-dir", help="where checkpoints go (default: runs/<recipe name>)")
+    p.add_argument("--check-ranking", type=_positive, metavar="N", default=0,
+                   help="then check on N architectures whether inherited accuracy ranks like stand-alone training")
+    p.add_argument("--check-steps", type=_positive, default=300, help="stand-alone steps per architecture (300)")
     p.set_defaults(func=cmd_train_supernet)
 
     p = sub.add_parser("search", help="run or resume the multi-objective search (Optuna study)")
@@ -200,19 +237,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine")
+    p = sub.add_parser("evaluate", help="re-measure an artifact: accuracy on its data, latency on this machine "
+                                        "(or on a device server with --device)")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int)
     p.add_argument("--data", help="the data's path on this machine (default: the path recorded in the artifact)")
+    _device_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("latency", help="time an artifact on this machine")
+    p = sub.add_parser("latency", help="time an artifact on this machine (or on a device server with --device)")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--repeats", type=int, default=200)
+    _device_arguments(p)
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("device", help="the device server that times models on a target device")
+    device_sub = p.add_subparsers(dest="device_command", metavar="DEVICE_COMMAND", required=True)
+    from compress.serve.server import add_arguments
+
+    p = device_sub.add_parser("serve", help="run the device server on this machine (the target)")
+    add_arguments(p)
+    p.set_defaults(func=cmd_device_serve)
 
     p = sub.add_parser("distill", help="fine-tune an artifact with a teacher (under `accelerate launch -m compress`)")
     p.add_argument("recipe")

@@ -40,6 +40,19 @@ QUANT_BACKENDS = {
     "torch": ("bnb-int8", "bnb-nf4"),
 }
 PRUNE_IMPORTANCE = ("magnitude", "taylor")
+# Latency on a further device of target.devices: "latency_ms@board" (one objective per device).
+PER_DEVICE_METRICS = ("latency_ms", "latency_p90_ms")
+_DEVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
+def metric_base(metric: str) -> str:
+    """``latency_ms@board`` -> ``latency_ms``; other names unchanged (unknown ones stay unknown)."""
+    base, at, device = metric.partition("@")
+    return base if at and base in PER_DEVICE_METRICS and re.fullmatch(_DEVICE_NAME, device) else metric
+
+
+def metric_device(metric: str) -> str | None:
+    return metric.partition("@")[2] or None
 
 
 class _Strict(BaseModel):
@@ -118,16 +131,17 @@ class ObjectiveConfig(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric; expected one of {sorted(METRICS)}")
+        if metric_base(v) not in METRICS:
+            raise ValueError(f"unknown metric; expected one of {sorted(METRICS)} (or latency_ms@DEVICE for a "
+                             "device of target.devices)")
         return v
 
     @property
     def resolved_direction(self) -> str:
-        return self.direction or METRICS[self.metric]
+        return self.direction or METRICS[metric_base(self.metric)]
 
 
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
+_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*(?:@[A-Za-z0-9_-]+)?)\s*(<=|>=)\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)\s*$")
 
 
 class ConstraintConfig(_Strict):
@@ -150,7 +164,7 @@ class ConstraintConfig(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METRICS:
+        if metric_base(v) not in METRICS:
             raise ValueError(f"constraint on unknown metric {v!r}; expected one of {sorted(METRICS)}")
         return v
 
@@ -278,13 +292,32 @@ class SearchConfig(_Strict):
         return self
 
 
+class RemoteDeviceConfig(_Strict):
+    """A further device of ``target.devices``: timed through its device server like ``device: remote``."""
+
+    url: str = Field(pattern=r"^https?://[^\s/@]+(:\d+)?/?$")
+    token_env: str = Field(default="COMPRESS_DEVICE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    remote_device: Literal["cpu", "cuda"] = "cpu"
+    ca_file: str | None = None
+
+
 class TargetConfig(_Strict):
-    device: Literal["cpu", "cuda"] = "cpu"
+    device: Literal["cpu", "cuda", "remote"] = "cpu"
     runtime: str = "onnxruntime"
     batch_size: int = Field(default=1, ge=1, le=4096)
     threads: int = Field(default=1, ge=1, le=256)
     warmup: int = Field(default=10, ge=0, le=10_000)
     repeats: int = Field(default=50, ge=3, le=100_000)
+    # device: remote -- latency measured by a device server (compress device serve) on the target itself.
+    url: str | None = Field(default=None, description="the device server, http(s)://host:port")
+    token_env: str = Field(default="COMPRESS_DEVICE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="environment variable holding the server's token (never the token itself)")
+    remote_device: Literal["cpu", "cuda"] = Field(default="cpu", description="what the server times on")
+    ca_file: str | None = Field(default=None, description="CA certificate of a TLS device server")
+    request_timeout_s: float = Field(default=1800.0, gt=0, description="one measurement, queue wait included")
+    device_wait_s: float = Field(default=600.0, ge=0, description="how long a search waits for a device that went away")
+    devices: dict[str, RemoteDeviceConfig] = Field(
+        default_factory=dict, description="further devices, each measured for the objectives latency_ms@NAME")
 
     @field_validator("runtime")
     @classmethod
@@ -292,6 +325,30 @@ class TargetConfig(_Strict):
         if v not in RUNTIMES:
             raise ValueError(f"unknown runtime; expected one of {list(RUNTIMES)}")
         return v
+
+    @model_validator(mode="after")
+    def _remote(self) -> "TargetConfig":
+        if self.device == "remote" and not self.url:
+            raise ValueError("url: a remote device needs the URL of its device server (compress device serve)")
+        if self.url is not None:
+            if self.device != "remote":
+                raise ValueError(f"url: given, but device is {self.device!r}; set device: remote to time there")
+            if not re.fullmatch(r"https?://[^\s/@]+(:\d+)?/?", self.url):
+                raise ValueError(f"url: {self.url!r} is not http(s)://host:port (no path, no credentials)")
+        return self
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, v: dict) -> dict:
+        bad = [name for name in v if not re.fullmatch(_DEVICE_NAME, name)]
+        if bad:
+            raise ValueError(f"device names {bad} must be letters, digits, '_' or '-'")
+        return v
+
+    @property
+    def local_device(self) -> str:
+        """Where candidates are built and their accuracy measured: this machine's CPU for a remote target."""
+        return "cpu" if self.device == "remote" else self.device
 
 
 class ExportConfig(_Strict):
@@ -336,6 +393,11 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":
+        named = [m.metric for m in self.search.objectives] + [c.metric for c in self.search.constraints]
+        unknown = sorted({metric_device(m) for m in named if metric_device(m)} - set(self.target.devices))
+        if unknown:
+            raise ValueError(f"search names device(s) {unknown} (metric@device), which target.devices does not "
+                             f"declare (declared: {sorted(self.target.devices)})")
         backends = self.search.policies.quantize.backends
         allowed = QUANT_BACKENDS[self.target.runtime]
         if backends is not None:

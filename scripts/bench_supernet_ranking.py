@@ -1,58 +1,134 @@
 """How well does the supernet rank architectures? Inherited-weight accuracy against stand-alone training.
 
-Takes architectures spread over the space (by MACs, from the smallest to the largest, both block families),
-measures each one's val accuracy with weights inherited from the supernet (BatchNorm recalibrated), trains each
-from scratch with the supernet's own budget (same epochs, batch size, learning rate, schedule, augmentation),
-and reports the Spearman and Kendall rank correlations between the two (BossNAS reports Spearman 0.78 and
-0.76; the target here is above 0.8).
+Takes ``--archs`` architectures (24 by default) chosen deterministically from the space, spread over MACs
+*and* over the block family of each stage: every combination of families the space allows (conv-ending,
+attention-ending, mixed) gets an equal share, and within a combination the architectures sit at evenly
+spaced MAC quantiles from its smallest to its largest. Each one's val accuracy is measured with weights
+inherited from the supernet (BatchNorm recalibrated) and after training from scratch with the supernet's own
+budget (same epochs, batch size, learning rate, schedule, augmentation). Reported: Spearman and Kendall with
+bootstrap 90% intervals (BossNAS reports Spearman 0.78 / 0.76; the target here is >= 0.8 with the interval's
+lower end above 0.6), how many of the top quarter by inherited accuracy are in the top quarter stand-alone,
+and the gap (inherited minus stand-alone) per family of the last stage.
 
-A correlation is only as good as its ground truth, so the cheapest ``--noise-archs`` architectures are trained
-stand-alone a second time with another seed: the seed-to-seed change of a stand-alone accuracy, set against
-the spread of stand-alone accuracies across architectures, bounds the correlation any supernet could reach.
-Stand-alone results are kept in ``bench_results/supernet_ranking.json`` and reused when the architecture,
-data, budget and seed match, so a retrained supernet is re-ranked in seconds.
+A correlation is only as good as its ground truth, so ``--noise-archs`` of them (spread over MACs) are trained
+stand-alone again with another seed: the seed-to-seed change of a stand-alone accuracy, set against the spread
+across architectures, bounds the correlation any supernet could reach.
 
-    python scripts/bench_supernet_ranking.py [--recipe recipes/mosaic.yaml] [--archs 10] [--noise-archs 3]
+Stand-alone results are cached in ``bench_results/supernet_ranking_standalone.json`` under a key made of the
+code version (a hash of the source that defines the model, the data and the trainer), the architecture, the
+task's data (a hash of the loaded images), the seed and the budget: a changed trainer never reuses stale ground
+truth, and an interrupted run resumes where it stopped.
+
+    python scripts/bench_supernet_ranking.py --task mosaic                       # recipes/mosaic.yaml
+    python scripts/make_photo_task.py && python scripts/bench_supernet_ranking.py --task data/photo-patches
+    python scripts/bench_supernet_ranking.py --task mosaic --archs 8 --noise-archs 2 --epochs 4   # quick look
+    python scripts/bench_supernet_ranking.py --task mosaic --ablation baseline=runs/a/supernet \\
+        --ablation few-shot=runs/b/supernet                                     # one row per training option
+
+``--task`` is a recipe name under recipes/, a recipe file, or a directory holding ``recipe.yaml`` (what
+make_photo_task.py writes). ``--epochs`` overrides the recipe's supernet epochs, and so the stand-alone budget;
+results are then labelled as a reduced budget. Results: bench_results/supernet_ranking_<task>.md/.json/.png
+(``..._ablation.md/.json`` with ``--ablation``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
+import inspect
+import itertools
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from benchlib import RESULTS, environment, trained_context, write_results
+from benchlib import RESULTS, ROOT, ResultCache, environment, noise_ceiling, rank_statistics, source_hash, \
+    top_overlap, write_results
 
+from compress.errors import CompressError
 from compress.measure.accuracy import accuracy
 from compress.measure.macs import count_macs
 from compress.nn import build_model
-from compress.search.ranking import kendall_tau, spearman
+from compress.recipe import LoadedRecipe, load_recipe
+from compress.space import Arch
 from compress.supernet import extract_subnet, subnet_config
+from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
 from compress.policies.finetune import finetune
 
+CACHE = RESULTS / "supernet_ranking_standalone.json"
+POOL_PER_PATTERN = 120
+# The source that decides what a stand-alone accuracy is: the static model, the data pipeline, the trainer
+# and the accuracy measure (plus standalone_accuracy itself, added in code_version).
+TRAINING_SOURCES = ("compress/nn", "compress/data", "compress/policies/finetune.py", "compress/policies/distill.py",
+                    "compress/measure/accuracy.py", "compress/supernet/hybrid.py", "compress/space/space.py",
+                    "compress/families", "compress/registry.py")
 
-def spread_architectures(space, supernet, n: int, shape, seed: int = 0):
-    """``n`` architectures at evenly spaced MAC quantiles of 400 random ones, plus the extremes."""
-    rng = random.Random(seed)
-    pool = [space.sample(rng) for _ in range(400)]
+
+# --------------------------------------------------------------------------------------------------
+# Which architectures
+
+
+def pattern(arch: Arch) -> str:
+    """The block family of each stage, e.g. ``conv-attn-conv``."""
+    return "-".join(s.block for s in arch.stages)
+
+
+def family_kind(arch: Arch) -> str:
+    """``conv-ending`` or ``attn-ending``, with ``, mixed`` when both families appear."""
+    blocks = {s.block for s in arch.stages}
+    return f"{arch.stages[-1].block}-ending" + (", mixed" if len(blocks) > 1 else "")
+
+
+def with_pattern(space, blocks: tuple[str, ...], rng: random.Random) -> Arch:
+    stages = tuple(space.make_stage(spec, block, rng.choice(spec.depth), rng.choice(spec.width), rng.choice)
+                   for spec, block in zip(space.stages, blocks))
+    return Arch(stem_width=rng.choice(space.stem.width), stages=stages)
+
+
+def extreme_with_pattern(space, blocks: tuple[str, ...], pick) -> Arch:
+    stages = tuple(space.make_stage(spec, block, pick(spec.depth), pick(spec.width), pick)
+                   for spec, block in zip(space.stages, blocks))
+    return Arch(stem_width=pick(space.stem.width), stages=stages)
+
+
+def spread_architectures(space, supernet: HybridSupernet, n: int, shape, seed: int = 0,
+                         pool_size: int = POOL_PER_PATTERN) -> list[tuple[Arch, int]]:
+    """``n`` distinct architectures with their MACs: an equal share per family combination, each share at
+    evenly spaced MAC quantiles (both ends included) of that combination's smallest, largest and random ones."""
+    patterns = list(itertools.product(*(spec.blocks for spec in space.stages)))
     example = torch.rand(shape)
-    scored = sorted(((count_macs(extract_subnet(supernet, a), example), a) for a in pool), key=lambda t: t[0])
-    chosen = [space.smallest(), space.largest()]
-    for k in range(n - 2):
-        chosen.append(scored[int((k + 0.5) * len(scored) / (n - 2))][1])
-    unique = {a.key(): a for a in chosen}
-    return list(unique.values())
+    macs = lambda a: count_macs(extract_subnet(supernet, a), example)  # noqa: E731
+    chosen: dict[str, tuple[Arch, int]] = {}
+    for p, blocks in enumerate(patterns):
+        share = n // len(patterns) + (p < n % len(patterns))
+        if share == 0:
+            continue
+        rng = random.Random(f"{seed}-{'-'.join(blocks)}")
+        pool = [extreme_with_pattern(space, blocks, min), extreme_with_pattern(space, blocks, max)]
+        pool += [with_pattern(space, blocks, rng) for _ in range(pool_size)]
+        unique = {a.key(): a for a in pool}
+        scored = sorted(((macs(a), a) for a in unique.values()), key=lambda t: (t[0], t[1].key()))
+        positions = [0] if share == 1 else [round(j * (len(scored) - 1) / (share - 1)) for j in range(share)]
+        for pos in positions:
+            # Neighbouring positions can coincide in a small pool; step to the next unused architecture.
+            while scored[pos][1].key() in chosen and pos + 1 < len(scored):
+                pos += 1
+            chosen.setdefault(scored[pos][1].key(), (scored[pos][1], scored[pos][0]))
+    return sorted(chosen.values(), key=lambda t: (t[1], t[0].key()))
 
 
-def standalone_accuracy(arch, checkpoint, data, recipe, steps: int, seed: int) -> tuple[float, float]:
+# --------------------------------------------------------------------------------------------------
+# Ground truth
+
+
+def standalone_accuracy(arch, supernet, data, recipe, steps: int, seed: int) -> tuple[float, float]:
     """Val accuracy of ``arch`` trained from scratch with the supernet's budget; and the seconds it took."""
     cfg = recipe.supernet
     torch.manual_seed(seed)
-    model = build_model(subnet_config(checkpoint.supernet, arch))  # fresh initialization
+    model = build_model(subnet_config(supernet, arch))  # fresh initialization
     started = time.time()
     finetune(model, data.train, steps=steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
              weight_decay=cfg.weight_decay, crop_padding=recipe.data.augment.crop_padding,
@@ -61,85 +137,299 @@ def standalone_accuracy(arch, checkpoint, data, recipe, steps: int, seed: int) -
     return accuracy(model, data.val), round(time.time() - started, 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="recipes/mosaic.yaml")
-    parser.add_argument("--run-dir")
-    parser.add_argument("--archs", type=int, default=10)
-    parser.add_argument("--noise-archs", type=int, default=3, help="architectures trained again with another seed")
-    args = parser.parse_args()
+def code_version() -> str:
+    paths = []
+    for name in TRAINING_SOURCES:
+        p = ROOT / name
+        paths += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    return source_hash(paths, extra=inspect.getsource(standalone_accuracy))
 
-    loaded, checkpoint, context = trained_context(args.recipe, args.run_dir)
-    recipe, cfg, data = loaded.recipe, loaded.recipe.supernet, context.data
-    shape = (1, data.in_channels, data.image_size, data.image_size)
-    archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed)
-    steps = cfg.epochs * (len(data.train) // cfg.batch_size)
-    # Stand-alone training does not depend on the supernet: reuse earlier results for the same setting.
-    setting = {"data": loaded.data_record(), "augment": recipe.data.augment.model_dump(mode="json"), "steps": steps,
-               **{k: getattr(cfg, k) for k in ("lr", "batch_size", "weight_decay", "label_smoothing", "warmup_fraction")}}
-    earlier = RESULTS / "supernet_ranking.json"
-    cache = {}
-    if earlier.exists():
-        previous = json.loads(earlier.read_text())
-        if previous.get("setting") == setting:
-            cache = {(r["arch"], r.get("seed", recipe.seed)): r for r in previous["rows"] + previous.get("noise", [])}
 
-    def standalone_or_earlier(arch, seed: int) -> tuple[float, float, bool]:
-        hit = cache.get((arch.describe(), seed))
+def data_fingerprint(data) -> str:
+    """Hash of the loaded train and val images and labels: the task as the trainer sees it."""
+    h = hashlib.sha256()
+    for split in (data.train, data.val):
+        h.update(split.images.contiguous().numpy().tobytes())
+        h.update(split.labels.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class GroundTruth:
+    """Stand-alone accuracies for one task and budget, from the cache or trained now (and then cached)."""
+
+    def __init__(self, loaded: LoadedRecipe, data, supernet: HybridSupernet, cache: ResultCache):
+        cfg = loaded.recipe.supernet
+        self.loaded, self.data, self.supernet, self.cache = loaded, data, supernet, cache
+        self.steps = cfg.epochs * (len(data.train) // cfg.batch_size)
+        self.setting = {"steps": self.steps, "augment": loaded.recipe.data.augment.model_dump(mode="json"),
+                        **{k: getattr(cfg, k) for k in ("lr", "batch_size", "weight_decay", "label_smoothing",
+                                                         "warmup_fraction")}}
+        self.code, self.data_hash = code_version(), data_fingerprint(data)
+
+    def __call__(self, arch: Arch, seed: int) -> tuple[float, float, bool]:
+        key = ResultCache.key(code=self.code, data=self.data_hash, arch=arch.key(), seed=seed, **self.setting)
+        hit = self.cache.get(key)
         if hit:
             return hit["standalone"], hit["train_seconds"], True
-        return (*standalone_accuracy(arch, checkpoint, data, recipe, steps, seed), False)
+        acc, seconds = standalone_accuracy(arch, self.supernet, self.data, self.loaded.recipe, self.steps, seed)
+        self.cache.put(key, {"arch": arch.describe(), "task": self.loaded.name, "seed": seed, "standalone": acc,
+                             "train_seconds": seconds, "code": self.code, "data": self.data_hash, **self.setting})
+        return acc, seconds, False
 
+
+# --------------------------------------------------------------------------------------------------
+# Measuring one supernet
+
+
+def inherited_rows(checkpoint, context, archs: list[tuple[Arch, int]], truth: GroundTruth, seed: int,
+                   label: str = "") -> list[dict]:
     rows = []
-    for i, arch in enumerate(archs):
-        inherited = accuracy(calibrated_subnet(checkpoint.supernet, arch, context.bn_batches), data.val)
-        standalone, seconds, hit = standalone_or_earlier(arch, recipe.seed)
-        macs = count_macs(build_model(subnet_config(checkpoint.supernet, arch)), torch.rand(shape))
-        rows.append({"arch": arch.describe(), "macs": macs, "inherited": inherited, "standalone": standalone,
-                     "seed": recipe.seed, "train_seconds": seconds})
-        print(f"[{i + 1}/{len(archs)}] {arch.describe()}: inherited {inherited:.4f} stand-alone {standalone:.4f}"
-              + (" (earlier run)" if hit else f" ({seconds:.0f}s)"), flush=True)
+    for i, (arch, macs) in enumerate(archs):
+        inherited = accuracy(calibrated_subnet(checkpoint.supernet, arch, context.bn_batches), context.data.val)
+        standalone, seconds, hit = truth(arch, seed)
+        rows.append({"arch": arch.describe(), "pattern": pattern(arch), "kind": family_kind(arch),
+                     "last": arch.stages[-1].block, "macs": macs, "inherited": inherited, "standalone": standalone,
+                     "gap": inherited - standalone, "seed": seed, "train_seconds": seconds, "cached": hit})
+        print(f"{label}[{i + 1}/{len(archs)}] {macs / 1e6:5.2f}M {arch.describe()}: inherited {inherited:.4f} "
+              f"stand-alone {standalone:.4f}" + (" (cached)" if hit else f" ({seconds:.0f}s)"), flush=True)
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    inherited, standalone = [r["inherited"] for r in rows], [r["standalone"] for r in rows]
+    stats = rank_statistics(inherited, standalone)
+    hit, k = top_overlap(inherited, standalone)
+    gaps = {}
+    for last in sorted({r["last"] for r in rows}):
+        g = [r["gap"] for r in rows if r["last"] == last]
+        gaps[f"{last}-ending"] = {"n": len(g), "mean": statistics.fmean(g), "min": min(g), "max": max(g)}
+    return {**stats, "top_quarter": [hit, k], "gap_by_last_family": gaps}
+
+
+def fmt_interval(s: dict, name: str) -> str:
+    lo, hi = s[f"{name}_90"]
+    return f"{s[name]:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+# --------------------------------------------------------------------------------------------------
+# Setting up
+
+
+def resolve_task(task: str) -> Path:
+    """A recipe name under recipes/, a recipe file, or a directory holding recipe.yaml."""
+    p = Path(task)
+    if p.is_dir():
+        if not (p / "recipe.yaml").is_file():
+            raise CompressError(f"--task {task}: directory has no recipe.yaml (make_photo_task.py writes one)")
+        return p / "recipe.yaml"
+    if p.is_file():
+        return p
+    named = ROOT / "recipes" / f"{task}.yaml"
+    if named.is_file():
+        return named
+    raise CompressError(f"--task {task!r}: not a recipe file, a directory with recipe.yaml, or a recipe name "
+                        f"under {ROOT / 'recipes'}")
+
+
+def with_epochs(loaded: LoadedRecipe, epochs: int | None) -> LoadedRecipe:
+    if epochs is None:
+        return loaded
+    cfg = loaded.recipe.supernet.model_copy(update={"epochs": epochs})
+    recipe = loaded.recipe.model_copy(update={"supernet": cfg})
+    return LoadedRecipe(recipe, loaded.path, loaded.space_path, loaded.space, loaded.data_path)
+
+
+def load_checkpoint(loaded: LoadedRecipe, path: Path):
+    from compress.search.loop import load_context
+    from compress.supernet.checkpoint import load_supernet
+
+    checkpoint = load_supernet(path)
+    return checkpoint, load_context(loaded, checkpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="mosaic", help="recipe name, recipe file, or folder with recipe.yaml")
+    parser.add_argument("--run-dir", help="where the supernet is trained (or found); default runs/<task>[-<E>ep]")
+    parser.add_argument("--archs", type=int, default=24)
+    parser.add_argument("--noise-archs", type=int, default=6, help="architectures trained again with another seed")
+    parser.add_argument("--epochs", type=int, help="override the recipe's supernet epochs (a reduced budget)")
+    parser.add_argument("--pool", type=int, default=POOL_PER_PATTERN,
+                        help="random architectures per family combination to pick the MAC quantiles from")
+    parser.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT_DIR",
+                        help="rank several trained supernets (one per training option) on the same architectures")
+    args = parser.parse_args(argv)
+    for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1)):
+        value = getattr(args, field)
+        if value is not None and value < least:
+            print(f"error: --{field.replace('_', '-')} is too small: {value}", file=sys.stderr)
+            return 2
+    ablation = []
+    for spec in args.ablation:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_dir():
+            print(f"error: --ablation {spec!r}: expected NAME=CHECKPOINT_DIR with an existing directory",
+                  file=sys.stderr)
+            return 2
+        ablation.append((name, Path(path)))
+    try:
+        loaded = with_epochs(load_recipe(resolve_task(args.task)), args.epochs)
+    except CompressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    reduced = args.epochs is not None
+    tag = loaded.name + (f"_{loaded.recipe.supernet.epochs}ep" if reduced else "")
+    try:
+        if ablation:
+            return run_ablation(loaded, ablation, args, tag)
+        return run_ranking(loaded, args, tag, reduced)
+    except CompressError as exc:  # unreadable data, a checkpoint of another space: one line, as the CLI does
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
+    from compress.train.supernet import train_supernet
+
+    recipe, cfg = loaded.recipe, loaded.recipe.supernet
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / tag
+    checkpoint, context = load_checkpoint(loaded, train_supernet(loaded, run_dir))
+    data = context.data
+    shape = (1, data.in_channels, data.image_size, data.image_size)
+    archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed,
+                                         pool_size=args.pool)
+    truth = GroundTruth(loaded, data, checkpoint.supernet, ResultCache(CACHE))
+    rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed)
 
     noise = []
-    by_name = {a.describe(): a for a in archs}
-    for r in sorted(rows, key=lambda r: r["train_seconds"])[:args.noise_archs]:
-        again, seconds, _ = standalone_or_earlier(by_name[r["arch"]], recipe.seed + 1)
+    n_noise = min(args.noise_archs, len(rows))
+    for j in range(n_noise):  # spread over MACs: the seed noise of small and large models differs
+        r = rows[round(j * (len(rows) - 1) / max(1, n_noise - 1))] if n_noise > 1 else rows[len(rows) // 2]
+        arch = next(a for a, _ in archs if a.describe() == r["arch"])
+        again, seconds, hit = truth(arch, recipe.seed + 1)
         noise.append({"arch": r["arch"], "seed": recipe.seed + 1, "standalone": again, "train_seconds": seconds,
                       "first_seed": r["standalone"], "change": again - r["standalone"]})
-        print(f"[seed {recipe.seed + 1}] {r['arch']}: stand-alone {again:.4f} (seed {recipe.seed}: {r['standalone']:.4f})",
+        print(f"[seed {recipe.seed + 1}, {j + 1}/{n_noise}] {r['arch']}: stand-alone {again:.4f} "
+              f"(seed {recipe.seed}: {r['standalone']:.4f})" + (" (cached)" if hit else f" ({seconds:.0f}s)"),
               flush=True)
 
-    inherited = [r["inherited"] for r in rows]
-    standalone = [r["standalone"] for r in rows]
-    rho, tau = spearman(inherited, standalone), kendall_tau(inherited, standalone)
-    md = [f"## Supernet ranking on `{loaded.name}` ({len(rows)} architectures, {cfg.epochs} epochs each)", "",
-          "| architecture | MACs | inherited val acc | stand-alone val acc |", "| --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: r["macs"]):
-        md.append(f"| `{r['arch']}` | {r['macs'] / 1e6:.2f} M | {100 * r['inherited']:.2f}% | "
-                  f"{100 * r['standalone']:.2f}% |")
-    md += ["", f"Spearman rho = {rho:.3f}, Kendall tau = {tau:.3f} (BossNAS: Spearman 0.78 / 0.76; target > 0.8).",
-           f"Stand-alone training: {steps} steps per architecture (= {cfg.epochs} epochs at batch {cfg.batch_size}, "
-           "the supernet's budget), same optimizer, schedule and augmentation, no distillation.", ""]
+    summary = summarize(rows)
+    seed_sd, ceiling = noise_ceiling([n["change"] for n in noise], [r["standalone"] for r in rows]) if noise \
+        else (None, None)
+    meta = checkpoint.meta
+    budget = (f"**Reduced budget**: {cfg.epochs} supernet epochs instead of the recipe's "
+              f"{load_recipe(loaded.path).recipe.supernet.epochs}, and the same {cfg.epochs} epochs for each "
+              "stand-alone training; figures at this budget are not the full benchmark.") if reduced else \
+        f"Full budget: the recipe's {cfg.epochs} supernet epochs."
+    md = [f"## Supernet ranking on `{loaded.name}` ({len(rows)} architectures, {cfg.epochs} epochs)", "", budget, "",
+          f"Supernet: {meta.get('train_seconds_this_session')} s of training ({meta.get('epochs')} epochs"
+          + (f", resumed from epoch {meta['resumed_from_epoch']}" if meta.get("resumed_from_epoch") else "")
+          + "); val accuracy of its extremes: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in meta["metrics"].items())
+          + ".", "",
+          "| architecture | families | MACs | inherited | stand-alone | gap (pt) |", "| --- | --- | --- | --- | --- | --- |"]
+    md += [f"| `{r['arch']}` | {r['kind']} | {r['macs'] / 1e6:.2f} M | {100 * r['inherited']:.2f}% | "
+           f"{100 * r['standalone']:.2f}% | {100 * r['gap']:+.2f} |" for r in rows]
+    hit, k = summary["top_quarter"]
+    md += ["", f"- Spearman rho = {fmt_interval(summary, 'spearman')}, Kendall tau = {fmt_interval(summary, 'kendall')} "
+           "(bootstrap 90% intervals over architectures; BossNAS: Spearman 0.78 / 0.76; target >= 0.8, lower end > 0.6).",
+           f"- Top quarter: {hit} of the {k} best by inherited accuracy are among the {k} best stand-alone.",
+           "- Gap, inherited minus stand-alone, by the family of the last stage: "
+           + "; ".join(f"{fam} {100 * g['mean']:+.2f} pt (n={g['n']}, {100 * g['min']:+.1f} to {100 * g['max']:+.1f})"
+                       for fam, g in summary["gap_by_last_family"].items()) + ".",
+           f"- Stand-alone training: {truth.steps} steps per architecture (= {cfg.epochs} epochs at batch "
+           f"{cfg.batch_size}, the supernet's budget), same optimizer, schedule and augmentation, no distillation; "
+           f"{sum(r['train_seconds'] for r in rows + noise):.0f} s in all for these {len(rows) + len(noise)} "
+           f"trainings (times from the run that trained each, cached ones included).", ""]
     if noise:
-        spread_sd = statistics.stdev(standalone)
-        seed_sd = statistics.fmean(n["change"] ** 2 for n in noise) ** 0.5 / 2 ** 0.5  # sd of one run
-        ceiling = max(0.0, 1 - seed_sd ** 2 / spread_sd ** 2) ** 0.5
-        md += ["How much ranking the ground truth allows: the same architecture trained stand-alone with another seed.", "",
-               "| architecture | seed " + str(recipe.seed) + " | seed " + str(recipe.seed + 1) + " | change (pt) |",
-               "| --- | --- | --- | --- |"]
-        md += [f"| `{n['arch']}` | {100 * n['first_seed']:.2f}% | {100 * n['standalone']:.2f}% | {100 * n['change']:+.2f} |"
-               for n in noise]
-        md += ["", f"Seed-to-seed standard deviation of one stand-alone accuracy: {100 * seed_sd:.2f} points; standard "
-               f"deviation of the stand-alone accuracies across the {len(rows)} architectures: {100 * spread_sd:.2f} "
-               f"points. A ranking measured against a ground truth this noisy correlates at most about "
-               f"sqrt(1 - {100 * seed_sd:.2f}^2 / {100 * spread_sd:.2f}^2) = {ceiling:.2f} with the true one, even from a "
-               "perfect supernet.", ""]
-    else:
-        ceiling, seed_sd = None, None
-    write_results("supernet_ranking", {"recipe": args.recipe, "setting": setting, "rows": rows, "noise": noise,
-                                       "spearman": rho, "kendall": tau, "seed_sd": seed_sd, "ceiling": ceiling,
-                                       "steps": steps, "environment": environment()}, "\n".join(md) + "\n")
+        md += ["How much ranking the ground truth allows: the same architecture trained stand-alone with another seed.",
+               "", f"| architecture | seed {recipe.seed} | seed {recipe.seed + 1} | change (pt) |", "| --- | --- | --- | --- |"]
+        md += [f"| `{n['arch']}` | {100 * n['first_seed']:.2f}% | {100 * n['standalone']:.2f}% | "
+               f"{100 * n['change']:+.2f} |" for n in noise]
+        spread = statistics.stdev(r["standalone"] for r in rows)
+        md += ["", f"Seed-to-seed standard deviation of one stand-alone accuracy: {100 * seed_sd:.2f} points; across "
+               f"the {len(rows)} architectures: {100 * spread:.2f} points. A ranking measured against this ground truth "
+               f"correlates at most about {ceiling:.2f} with the true one, even from a perfect supernet.", ""]
+    plot_path = plot(rows, RESULTS / f"supernet_ranking_{tag}.png",
+                     f"{loaded.name}: rho {summary['spearman']:.2f}, {cfg.epochs} epochs")
+    md += [f"Plot: `{plot_path.name}` (inherited against stand-alone accuracy, marker by last-stage family).", ""]
+    write_results(f"supernet_ranking_{tag}", {
+        "task": loaded.name, "recipe": str(loaded.path), "reduced_budget": reduced, "epochs": cfg.epochs,
+        "setting": truth.setting, "code_version": truth.code, "data_fingerprint": truth.data_hash,
+        "supernet": {"path": str(checkpoint.path), "train_seconds": meta.get("train_seconds_this_session"),
+                     "metrics": meta["metrics"]},
+        "rows": rows, "noise": noise, **summary, "seed_sd": seed_sd, "ceiling": ceiling,
+        "environment": environment()}, "\n".join(md) + "\n")
+    return 0
+
+
+def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, tag: str) -> int:
+    """One row per trained supernet: its ranking, extremes and training time, on one set of architectures."""
+    recipe, cfg = loaded.recipe, loaded.recipe.supernet
+    results, archs, truth = [], None, None
+    for name, path in ablation:
+        checkpoint, context = load_checkpoint(loaded, path)
+        if archs is None:  # chosen once from the first supernet's space, so every row ranks the same points
+            data = context.data
+            shape = (1, data.in_channels, data.image_size, data.image_size)
+            archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed,
+                                         pool_size=args.pool)
+            truth = GroundTruth(loaded, data, checkpoint.supernet, ResultCache(CACHE))
+        rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, label=f"{name} ")
+        meta = checkpoint.meta
+        if meta.get("epochs") != cfg.epochs:
+            print(f"note: {name} was trained for {meta.get('epochs')} epochs; stand-alone budget is {cfg.epochs}",
+                  flush=True)
+        results.append({"option": name, "checkpoint": str(path), "epochs": meta.get("epochs"),
+                        "train_seconds": meta.get("train_seconds_this_session"),
+                        "resumed_from_epoch": meta.get("resumed_from_epoch"), "metrics": meta["metrics"],
+                        "rows": rows, **summarize(rows)})
+    families = sorted({f for r in results for f in r["gap_by_last_family"]})
+    md = [f"## Supernet training options ranked on `{loaded.name}` ({len(archs)} architectures, stand-alone budget "
+          f"{cfg.epochs} epochs)", "",
+          "| option | epochs | training time | largest | smallest | Spearman [90%] | Kendall [90%] | top quarter | "
+          + " | ".join(f"gap {f}" for f in families) + " |", "| --- " * (8 + len(families)) + "|"]
+    for r in results:
+        smallest = ", ".join(f"{k.removeprefix('smallest_')} {100 * v:.2f}%" for k, v in r["metrics"].items()
+                             if k.startswith("smallest"))
+        md.append(f"| {r['option']} | {r['epochs']} | {r['train_seconds']} s"
+                  + (" (resumed)" if r["resumed_from_epoch"] else "") + f" | {100 * r['metrics']['largest']:.2f}% | "
+                  f"{smallest} | {fmt_interval(r, 'spearman')} | {fmt_interval(r, 'kendall')} | "
+                  f"{r['top_quarter'][0]}/{r['top_quarter'][1]} | "
+                  + " | ".join(f"{100 * r['gap_by_last_family'][f]['mean']:+.2f} pt" if f in r["gap_by_last_family"]
+                               else "-" for f in families) + " |")
+    md += ["", "Training time is the checkpoint's own record (this session's seconds; a resumed run counts only the "
+           "part after resuming).", ""]
+    write_results(f"supernet_ranking_{tag}_ablation", {"task": loaded.name, "epochs": cfg.epochs,
+                                                       "options": results, "environment": environment()},
+                  "\n".join(md) + "\n")
+    return 0
+
+
+def plot(rows: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for last, marker in (("conv", "o"), ("attn", "^")):
+        pts = [r for r in rows if r["last"] == last]
+        if pts:
+            ax.scatter([100 * r["standalone"] for r in pts], [100 * r["inherited"] for r in pts], marker=marker,
+                       label=f"{last}-ending ({len(pts)})", alpha=0.8)
+    values = [100 * r[k] for r in rows for k in ("standalone", "inherited")]
+    lo, hi = min(values) - 1, max(values) + 1
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8, linestyle="--", label="inherited = stand-alone")
+    ax.set_xlabel("stand-alone val accuracy (%)")
+    ax.set_ylabel("inherited val accuracy (%)")
+    ax.set_title(title)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -72,3 +74,84 @@ def environment() -> dict:
 
     return {"versions": package_versions(), "machine": machine(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())}
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranking statistics and a stand-alone result cache (bench_supernet_ranking.py)
+
+
+def rank_statistics(inherited: list[float], standalone: list[float], resamples: int = 2000, seed: int = 0) -> dict:
+    """Spearman and Kendall (tau-b) with bootstrap 90% percentile intervals over architectures.
+
+    Architectures are resampled with replacement, pairs kept together: the interval says how much the figure
+    depends on which architectures happened to be picked, which is what a reader comparing two supernets
+    measured on 24 points needs to know.
+    """
+    import numpy as np
+    from scipy import stats
+
+    x, y = np.asarray(inherited, dtype=float), np.asarray(standalone, dtype=float)
+    out = {"spearman": float(stats.spearmanr(x, y).statistic), "kendall": float(stats.kendalltau(x, y).statistic)}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {"spearman": [], "kendall": []}
+    for _ in range(resamples):
+        idx = rng.integers(len(x), size=len(x))
+        a, b = x[idx], y[idx]
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            continue  # a resample of one repeated point has no ranking at all
+        draws["spearman"].append(stats.spearmanr(a, b).statistic)
+        draws["kendall"].append(stats.kendalltau(a, b).statistic)
+    for name, values in draws.items():
+        lo, hi = np.nanpercentile(values, [5, 95]) if values else (float("nan"), float("nan"))
+        out[f"{name}_90"] = [float(lo), float(hi)]
+    return out
+
+
+def top_overlap(inherited: list[float], standalone: list[float], fraction: float = 0.25) -> tuple[int, int]:
+    """How many of the top ``fraction`` by inherited accuracy are also in the top ``fraction`` stand-alone."""
+    k = max(1, math.ceil(len(inherited) * fraction))
+    top = lambda v: set(sorted(range(len(v)), key=lambda i: -v[i])[:k])  # noqa: E731
+    return len(top(inherited) & top(standalone)), k
+
+
+def noise_ceiling(changes: list[float], standalone: list[float]) -> tuple[float, float]:
+    """Seed-to-seed sd of one stand-alone accuracy and the correlation a perfect supernet could reach.
+
+    ``changes`` are differences between two seeds of one architecture (variance 2 sd^2); against the spread
+    of stand-alone accuracies across architectures, ceiling = sqrt(1 - sd^2 / spread^2).
+    """
+    seed_sd = statistics.fmean(c**2 for c in changes) ** 0.5 / 2**0.5
+    spread = statistics.stdev(standalone)
+    return seed_sd, max(0.0, 1 - seed_sd**2 / spread**2) ** 0.5 if spread else 0.0
+
+
+def source_hash(paths: list[Path], extra: str = "") -> str:
+    """Hash of source files (and ``extra`` text): a cached result computed by other code is never reused."""
+    h = hashlib.sha256(extra.encode())
+    for path in sorted(paths):
+        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class ResultCache:
+    """A JSON file of results keyed by a hash of everything they depend on; saved after every new entry, so
+    an interrupted benchmark keeps what it finished and a later run picks up from there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict = json.loads(path.read_text()) if path.exists() else {}
+
+    @staticmethod
+    def key(**parts) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        from compress.fsutil import write_json_atomic
+
+        self.entries[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.entries)

@@ -78,3 +78,32 @@ def test_training_with_every_ranking_option_runs_and_reloads(tmp_path):
     for family in ("conv", "attn"):
         assert not torch.equal(stage.downsamples[family].weight, initial.stages[1].downsamples[family].weight)
     assert all(0 <= v <= 1 for v in ckpt.meta["metrics"].values())
+
+
+@pytest.mark.slow
+def test_train_supernet_checks_its_ranking_on_request(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path, supernet={"epochs": 2, "batch_size": 32, "random_subnets": 1,
+                                             "bn_calibration_batches": 2})
+    proc = subprocess.run([sys.executable, "-m", "compress", "train-supernet", str(recipe), "--check-ranking", "4",
+                           "--check-steps", "5"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "ranking check over 4 architectures (5 stand-alone steps each): Spearman" in out
+    assert out.count("inherited ") >= 4 and "ranks " in out
+    bad = subprocess.run([sys.executable, "-m", "compress", "train-supernet", str(recipe), "--check-ranking", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--check-ranking: must be at least 1, got 0" in bad.stderr
+
+
+def test_spread_covers_both_last_stage_families_and_sizes(tiny_space, tiny_supernet):
+    from compress.train.ranking_check import spread_architectures
+
+    archs = spread_architectures(tiny_supernet, 8, torch.rand(1, 3, 16, 16), seed=0)
+    assert len(archs) == 8 and len({a.key() for a in archs}) == 8
+    assert {a.stages[-1].block for a in archs} == {"conv", "attn"}
+    assert tiny_space.smallest() in archs and tiny_space.largest() in archs

@@ -64,7 +64,7 @@ def test_every_shipped_recipe_is_valid():
         ({"search.constraints": ["latency_ms is small"]}, "is not of the form"),
         ({"search.sampler": {"name": "annealing"}}, "search.sampler.name: Input should be 'nsga2', 'tpe', 'random' or 'gp'"),
         ({"target.runtime": "tflite"}, "target.runtime: Value error, unknown runtime"),
-        ({"target.device": "tpu"}, "target.device: Input should be 'cpu' or 'cuda'"),
+        ({"target.device": "tpu"}, "target.device: Input should be 'cpu', 'cuda' or 'remote'"),
         ({"data.source": "imagenet"}, "data.source: Value error, unknown data source"),
         ({"data.val_fraction": 0.9}, "data.val_fraction: Input should be less than 0.5"),
         ({"data.source": "imagefolder"}, "needs data.path"),

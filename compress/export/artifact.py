@@ -221,6 +221,8 @@ def deployed_runner(path: Path, threads: int | None = None, device: str | None =
 
     config = read_config(path)
     device = device or config.target.get("device", "cpu")
+    if device == "remote":  # measured on a device server; run here on the CPU (--device times it there)
+        device = "cpu"
     threads = threads or int(config.target.get("threads", 1))
     if config.runtime == "onnxruntime":
         return OrtRunner(verify_artifact(path, config)[ONNX], threads=threads, device=device), config

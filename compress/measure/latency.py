@@ -23,8 +23,13 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used, not here: the device server (compress.serve) times ONNX models with
+# these functions on a target that may have ONNX Runtime and no PyTorch.
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ class Reference:
 
 
 def example_input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    import torch
+
     return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside TorchRunner and OrtRunner.__call__: the device server runs OrtRunner on targets
+# that have ONNX Runtime and no PyTorch.
 
 log = logging.getLogger(__name__)
 _warned_threads: set[int] = set()
@@ -59,12 +64,14 @@ class OrtRunner:
             raise CompressError(f"the ONNX model takes input of shape {shown} (N: batch), got {list(x.shape)}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         self._check(x)
         return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0])
 
-    def prepare(self, x: torch.Tensor) -> Any:
+    def prepare(self, x: torch.Tensor | np.ndarray) -> Any:
         self._check(x)
-        return np.ascontiguousarray(x.detach().cpu().numpy())
+        return np.ascontiguousarray(x if isinstance(x, np.ndarray) else x.detach().cpu().numpy())
 
     def run_prepared(self, x: Any) -> None:
         self.session.run(None, {self.input_name: x})
@@ -80,27 +87,33 @@ class TorchRunner:
     runtime = "torch"
 
     def __init__(self, module: torch.nn.Module, threads: int = 1, device: str = "cpu"):
+        import torch
+
         if device == "cuda" and not torch.cuda.is_available():
             raise CompressError("target.device is 'cuda' but PyTorch sees no CUDA device on this machine")
         check_threads(threads)
+        self._torch = torch
         self.module = module.eval().to(device)
         self.device, self.threads = device, threads
 
-    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.to(self.device)).float().cpu()
+        import torch
+
+        with torch.inference_mode():
+            return self.module(x.to(self.device)).float().cpu()
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device)
 
-    @torch.inference_mode()
     def run_prepared(self, x: torch.Tensor) -> None:
-        self.module(x)
+        with self._torch.inference_mode():
+            self.module(x)
         if self.device == "cuda":
-            torch.cuda.synchronize()
+            self._torch.cuda.synchronize()
 
     @contextlib.contextmanager
     def timing(self):
+        torch = self._torch
         saved = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:

@@ -16,7 +16,7 @@ skipped, and the reason is recorded in ``Candidate.notes`` (and on the trial).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -29,9 +29,8 @@ from compress.measure.latency import (
     Reference,
     RelativeLatency,
     example_input,
-    measure_latency,
-    measure_latency_against,
 )
+from compress.measure.timer import LatencyTimer, LocalTimer, device_timers, make_timer
 from compress.measure.macs import count_macs
 from compress.nn.net import HybridNet
 from compress.policies import Policies, QuantPolicy
@@ -73,8 +72,13 @@ class BuildContext:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     teacher_factory: Callable[[], torch.nn.Module] | None = None
     reference_ms: float | None = None  # the reference's anchored latency (from the study, or measured once)
+    timer: LatencyTimer = field(default_factory=LocalTimer)  # where latency is measured (here, or a device server)
+    device_timers: dict[str, LatencyTimer] = field(default_factory=dict)  # target.devices: latency_ms@NAME
+    device_reference_ms: dict[str, float] = field(default_factory=dict)
     _teacher: torch.nn.Module | None = None
     _reference: Reference | None = None
+    _reference_deployable: Deployable | None = None
+    _device_references: dict[str, Reference] = field(default_factory=dict)
 
     @classmethod
     def create(cls, supernet: HybridSupernet, data: DatasetSplits, target: TargetConfig, *, seed: int,
@@ -96,6 +100,8 @@ class BuildContext:
             eval_batch_size=eval_batch_size,
             augment=augment or AugmentConfig(),
             teacher_factory=teacher_factory,
+            timer=make_timer(target),
+            device_timers=device_timers(target),
         )
 
     def teacher(self) -> torch.nn.Module:
@@ -113,14 +119,27 @@ class BuildContext:
         sessions), else measured now, once, over many rounds.
         """
         if self._reference is None:
-            model = calibrated_subnet(self.supernet, self.supernet.space.largest(), self.bn_batches)
-            runner = lower(model, self.target.runtime, QuantPolicy(), [], self.input_shape,
-                           device=self.target.device).runner(threads=self.target.threads)
-            if self.reference_ms is None:
-                self.reference_ms = measure_latency(runner, example_input(self.input_shape), warmup=self.target.warmup,
-                                                    repeats=max(300, 3 * self.target.repeats), rounds=15).median_ms
-            self._reference = Reference(runner, self.reference_ms)
+            self._reference = self._anchored(self.timer, self.reference_ms)
+            self.reference_ms = self._reference.latency_ms
         return self._reference
+
+    def device_reference(self, name: str) -> Reference:
+        """The reference on a further device of ``target.devices`` (its own anchored latency)."""
+        if name not in self._device_references:
+            reference = self._anchored(self.device_timers[name], self.device_reference_ms.get(name))
+            self._device_references[name], self.device_reference_ms[name] = reference, reference.latency_ms
+        return self._device_references[name]
+
+    def _anchored(self, timer: LatencyTimer, anchored_ms: float | None) -> Reference:
+        if self._reference_deployable is None:
+            model = calibrated_subnet(self.supernet, self.supernet.space.largest(), self.bn_batches)
+            self._reference_deployable = lower(model, self.target.runtime, QuantPolicy(), [], self.input_shape,
+                                               device=self.target.local_device)
+        runner = timer.runner(self._reference_deployable, self.target.threads)
+        if anchored_ms is None:
+            anchored_ms = timer.latency(runner, example_input(self.input_shape), warmup=self.target.warmup,
+                                        repeats=max(300, 3 * self.target.repeats), rounds=15).median_ms
+        return Reference(runner, anchored_ms)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -144,15 +163,18 @@ class Metrics:
     params: int
     macs: int
     latency: Latency | RelativeLatency
+    per_device: dict[str, float] = field(default_factory=dict)  # latency_ms@NAME, latency_p90_ms@NAME
+    device_latency: dict[str, RelativeLatency] = field(default_factory=dict)  # NAME -> the full record
 
     def objectives(self) -> dict[str, float]:
         """The values objectives and constraints may name (see ``compress.recipe.METRICS``)."""
         return {"accuracy": self.accuracy, "latency_ms": self.latency_ms, "latency_p90_ms": self.latency_p90_ms,
-                "size_mb": self.size_mb, "params": float(self.params), "macs": float(self.macs)}
+                "size_mb": self.size_mb, "params": float(self.params), "macs": float(self.macs), **self.per_device}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["latency"] = self.latency.to_dict()
+        d["device_latency"] = {name: rel.to_dict() for name, rel in self.device_latency.items()}
         return d
 
 
@@ -181,14 +203,15 @@ def build_candidate(context: BuildContext, spec: CandidateSpec) -> Candidate:
                  teacher=context.teacher(), policy=d, crop_padding=aug.crop_padding, hflip=aug.hflip)
         recalibrate_bn(model, context.bn_batches)
     deployable = lower(model, context.target.runtime, spec.policies.quant, context.calibration,
-                       context.input_shape, device=context.target.device)
+                       context.input_shape, device=context.target.local_device)
     if spec.policies.quant.enabled and not deployable.quantization_record()["int8_layers"]:
         notes["quant"] = "no layer of the chosen units can be quantized by this backend; the model stays fp32"
     return Candidate(spec, model, deployable, notes)
 
 
 def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits, target: TargetConfig,
-            eval_batch_size: int = 256, reference: Reference | None = None) -> Metrics:
+            eval_batch_size: int = 256, reference: Reference | None = None,
+            timer: LatencyTimer | None = None) -> Metrics:
     """Accuracy on the val split, latency on the target, size of the deployed file (of any deployable).
 
     With a ``reference``, latency is drift-corrected (see :mod:`compress.measure.latency`); without, raw.
@@ -196,12 +219,13 @@ def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits,
     shape = deployable.input_shape
     # Accuracy does not depend on thread count; measure it with all cores, latency with the target's.
     acc = accuracy(deployable.runner(threads=max(1, torch.get_num_threads())), data.val, eval_batch_size)
-    runner, example = deployable.runner(threads=target.threads), example_input(shape)
+    timer = timer or make_timer(target)
+    runner, example = timer.runner(deployable, target.threads), example_input(shape)
     if reference is None:
-        latency = measure_latency(runner, example, warmup=target.warmup, repeats=target.repeats)
+        latency = timer.latency(runner, example, warmup=target.warmup, repeats=target.repeats)
         median, p90 = latency.median_ms, latency.p90_ms
     else:
-        latency = measure_latency_against(runner, reference, example, warmup=target.warmup, repeats=target.repeats)
+        latency = timer.latency_against(runner, reference, example, warmup=target.warmup, repeats=target.repeats)
         scale = reference.latency_ms / latency.reference_median_ms  # the drift of this measurement, undone
         median, p90 = latency.anchored_ms, latency.latency.p90_ms * scale
     return Metrics(
@@ -216,5 +240,17 @@ def measure(model: torch.nn.Module, deployable: Deployable, data: DatasetSplits,
 
 
 def measure_candidate(candidate: Candidate, context: BuildContext) -> Metrics:
-    return measure(candidate.model, candidate.deployable, context.data, context.target, context.eval_batch_size,
-                   reference=context.reference())
+    metrics = measure(candidate.model, candidate.deployable, context.data, context.target, context.eval_batch_size,
+                      reference=context.reference(), timer=context.timer)
+    if not context.device_timers:
+        return metrics
+    target, per_device, records = context.target, {}, {}
+    for name, timer in context.device_timers.items():
+        reference = context.device_reference(name)
+        rel = timer.latency_against(timer.runner(candidate.deployable, target.threads), reference,
+                                    example_input(candidate.deployable.input_shape), warmup=target.warmup,
+                                    repeats=target.repeats)
+        per_device[f"latency_ms@{name}"] = rel.anchored_ms
+        per_device[f"latency_p90_ms@{name}"] = rel.latency.p90_ms * reference.latency_ms / rel.reference_median_ms
+        records[name] = rel
+    return replace(metrics, per_device=per_device, device_latency=records)

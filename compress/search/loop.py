@@ -24,7 +24,9 @@ from compress.errors import CheckpointError, CompressError, TrialError
 from compress.fsutil import ensure_writable_dir
 from compress.provenance import package_versions
 from compress.recipe import LoadedRecipe
+from compress.measure.remote import DeviceUnavailable
 from compress.search.candidate import BuildContext, build_candidate, measure_candidate
+from compress.search.device import requeue_after_device_failure, wait_for_devices
 from compress.search.outputs import BASELINE_ATTR, write_outputs
 from compress.search.record import PRUNE_REASON, TrialRecord, record_failure, record_result, record_start
 from compress.search.study import (
@@ -86,6 +88,12 @@ def anchor_reference(context: BuildContext, study: optuna.Study) -> None:
         context.reference_ms = float(stored)
     else:
         study.set_user_attr(REFERENCE_ATTR, context.reference().latency_ms)
+    for name in context.device_timers:  # each further device anchors its own reference
+        stored = study.user_attrs.get(f"{REFERENCE_ATTR}@{name}")
+        if stored is not None:
+            context.device_reference_ms[name] = float(stored)
+        else:
+            study.set_user_attr(f"{REFERENCE_ATTR}@{name}", context.device_reference(name).latency_ms)
 
 
 def resolve_storage(loaded: LoadedRecipe, run_dir: Path, storage: str | None) -> str:
@@ -144,7 +152,8 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             metrics = measure_candidate(candidate, context)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrialError) else str(exc)
-            record_failure(trial, reason)
+            # A device that went away (DeviceUnavailable) is recorded as such: the trial is queued again.
+            record_failure(trial, reason, device_failure=exc.kind if isinstance(exc, DeviceUnavailable) else None)
             raise
         values = metrics.objectives()
         if not all(math.isfinite(values[m]) for m in objectives):
@@ -185,9 +194,15 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             if trial.number in reported or trial.user_attrs.get(WORKER_ATTR, {}).get("pid") != me["pid"]:
                 continue
             reported.add(trial.number)
-            failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+            device_failed = trial.state == TrialState.FAIL and bool(TrialRecord.from_trial(trial).device_failure)
+            # A device that went away is not the candidates' fault: those failures do not count towards stopping.
+            failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL and not device_failed else 0
             if not interactive or trial.state == TrialState.FAIL:
                 log(_trial_line(trial, time.time() - started))
+            if device_failed:
+                if requeue_after_device_failure(study, trial):
+                    log(f"trial {trial.number}: queued again (its device was unavailable)")
+                wait_for_devices([context.timer, *context.device_timers.values()], recipe.target.device_wait_s, log=log)
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
                 bar.close()
                 write_outputs(study, run_dir, loaded)

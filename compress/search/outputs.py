@@ -38,6 +38,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     latency = metrics.get("latency", {})
     row["latency_spread"] = latency.get("ratio_spread", latency.get("spread"))
     row["latency_raw_ms"] = latency.get("median_ms")
+    row.update(metrics.get("per_device", {}))  # latency_ms@NAME for the further devices of target.devices
     row["feasible"] = feasible(trial) if trial.state == TrialState.COMPLETE else None
     row["baseline"] = record.baseline
     row["policies"] = record.policies
@@ -63,7 +64,8 @@ def baselines(study: optuna.Study) -> dict[str, dict[str, Any]]:
 def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        # The union of the rows' keys: a failed trial has no per-device latency columns.
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return buffer.getvalue()

@@ -19,6 +19,7 @@ SPEC, ARCH, POLICIES, VERSIONS = "spec", "arch", "policies", "versions"
 METRICS, NOTES, FAIL_REASON = "metrics", "notes", "fail_reason"
 PRUNE_REASON = "prune_reason"  # a trial pruned as surplus (the study already had enough)
 BASELINE = "compress.baseline"  # set when the trial was queued as a named baseline
+DEVICE_FAILURE = "compress.device_failure"  # why its device server was unavailable (the trial is queued again)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class TrialRecord:
     metrics: dict[str, Any] = field(default_factory=dict)  # CandidateMetrics.to_dict()
     notes: dict[str, str] = field(default_factory=dict)  # why a policy step was skipped or changed
     fail_reason: str = ""
+    device_failure: str = ""  # set when the trial failed because its device was unavailable, not the candidate
     baseline: str = ""
     worker: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -42,7 +44,7 @@ class TrialRecord:
         return cls(number=trial.number, state=trial.state.name, spec=attrs.get(SPEC), arch=attrs.get(ARCH, ""),
                    policies=attrs.get(POLICIES, ""), metrics=dict(attrs.get(METRICS, {})),
                    notes=dict(attrs.get(NOTES, {})), fail_reason=attrs.get(FAIL_REASON, attrs.get(PRUNE_REASON, "")),
-                   baseline=attrs.get(BASELINE, "") or "", worker=dict(attrs.get(WORKER, {})),
+                   device_failure=attrs.get(DEVICE_FAILURE, "") or "", baseline=attrs.get(BASELINE, "") or "", worker=dict(attrs.get(WORKER, {})),
                    versions=dict(attrs.get(VERSIONS, {})),
                    values=tuple(trial.values) if trial.values is not None else None)
 
@@ -57,7 +59,7 @@ class TrialRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "state": self.state, "spec": self.spec, "arch": self.arch,
                 "policies": self.policies, "metrics": self.metrics, "notes": self.notes,
-                "fail_reason": self.fail_reason, "baseline": self.baseline, "worker": self.worker,
+                "fail_reason": self.fail_reason, "device_failure": self.device_failure, "baseline": self.baseline, "worker": self.worker,
                 "versions": self.versions, "values": list(self.values) if self.values is not None else None}
 
 
@@ -74,5 +76,9 @@ def record_result(trial: optuna.Trial, metrics: dict[str, Any], notes: dict[str,
     trial.set_user_attr(NOTES, notes)
 
 
-def record_failure(trial: optuna.Trial, reason: str) -> None:
+def record_failure(trial: optuna.Trial, reason: str, device_failure: str | None = None) -> None:
+    """``device_failure``: the kind of device failure (unreachable, timed out, refused) when the device server,
+    not the candidate, failed the trial."""
     trial.set_user_attr(FAIL_REASON, reason[:2000])
+    if device_failure:
+        trial.set_user_attr(DEVICE_FAILURE, device_failure)

@@ -209,7 +209,7 @@ def run_distillation(loaded: LoadedRecipe, student_path: Path, out_dir: Path, *,
     policies = Policies.from_dict(student_cfg.policies or {})
     shape = (target.batch_size, data.in_channels, data.image_size, data.image_size)
     calibration = reference.calibration
-    deployable = lower(trained, student_cfg.runtime, policies.quant, calibration, shape, device=target.device)
+    deployable = lower(trained, student_cfg.runtime, policies.quant, calibration, shape, device=target.local_device)
     metrics = measure(trained, deployable, data, target)
     test_acc = accuracy(deployable.runner(threads=1), data.test)
     from compress.space import Arch

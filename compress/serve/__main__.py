@@ -1,0 +1,3 @@
+from compress.serve.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""The ranking benchmark's parts: which architectures it picks, its statistics, its stand-alone cache, and the
+real-image task it builds (train and val from disjoint parts of each photo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_supernet_ranking as bench  # noqa: E402
+import benchlib  # noqa: E402
+import make_photo_task  # noqa: E402
+
+from compress.space import SearchSpace  # noqa: E402
+from compress.supernet.hybrid import HybridSupernet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    return SearchSpace.from_yaml(ROOT / "search_spaces" / "digits_small.yaml")
+
+
+@pytest.mark.slow  # counts the MACs of ~30 subnets
+def test_spread_covers_every_family_combination_and_the_mac_range(space):
+    supernet = HybridSupernet(space, 1, 10, [0.5], [0.25])
+    chosen = bench.spread_architectures(space, supernet, 24, (1, 1, 32, 32), seed=0, pool_size=6)
+    assert len(chosen) == 24 and len({a.key() for a, _ in chosen}) == 24
+    patterns = [bench.pattern(a) for a, _ in chosen]
+    # digits_small: stage 0 conv only, stages 1 and 2 conv or attn -> 4 combinations, 6 each.
+    assert sorted(set(patterns)) == ["conv-attn-attn", "conv-attn-conv", "conv-conv-attn", "conv-conv-conv"]
+    assert all(patterns.count(p) == 6 for p in set(patterns))
+    kinds = {bench.family_kind(a) for a, _ in chosen}
+    assert {"conv-ending", "conv-ending, mixed", "attn-ending, mixed"} == kinds  # stage 0 is always conv
+    macs = [m for _, m in chosen]
+    assert macs == sorted(macs)
+    # Both ends of each combination are included: the space's smallest and largest are among them.
+    keys = {a.key() for a, _ in chosen}
+    assert space.largest().key() in keys and space.smallest().key() in keys
+    assert all(space.problems(a) == [] for a, _ in chosen)
+    again = bench.spread_architectures(space, supernet, 24, (1, 1, 32, 32), seed=0, pool_size=6)
+    assert [a.key() for a, _ in again] == [a.key() for a, _ in chosen]  # deterministic
+
+
+def test_rank_statistics_intervals_and_top_quarter():
+    x = [float(i) for i in range(24)]
+    perfect = benchlib.rank_statistics(x, [2 * v for v in x], resamples=300)
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["kendall"] == pytest.approx(1.0)
+    assert perfect["spearman_90"][0] == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    noisy = list(np.asarray(x) + rng.normal(0, 8, size=24))
+    s = benchlib.rank_statistics(x, noisy, resamples=300)
+    lo, hi = s["spearman_90"]
+    assert lo < s["spearman"] < hi and hi - lo > 0.1  # a real interval around the point estimate
+    assert benchlib.top_overlap(x, x) == (6, 6)
+    assert benchlib.top_overlap(x, [-v for v in x]) == (0, 6)
+
+
+def test_noise_ceiling():
+    sd, ceiling = benchlib.noise_ceiling([0.02, -0.02], [0.80, 0.90, 0.85, 0.95])
+    assert sd == pytest.approx(0.02 / 2**0.5)
+    assert 0 < ceiling < 1
+    assert benchlib.noise_ceiling([0.0], [0.8, 0.9])[1] == pytest.approx(1.0)
+
+
+def test_cache_key_changes_with_the_trainer_source(tmp_path, monkeypatch):
+    cache = benchlib.ResultCache(tmp_path / "cache.json")
+    key = benchlib.ResultCache.key(code=bench.code_version(), arch="a", seed=0)
+    cache.put(key, {"standalone": 0.5})
+    assert benchlib.ResultCache(tmp_path / "cache.json").get(key) == {"standalone": 0.5}  # persisted
+    # A changed trainer source gives another code version, so the cached result is not found.
+    fake_root = tmp_path / "root"
+    for name in bench.TRAINING_SOURCES:
+        src = ROOT / name
+        files = sorted(src.rglob("*.py")) if src.is_dir() else [src]
+        for f in files:
+            dst = fake_root / f.relative_to(ROOT)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(f.read_bytes())
+    monkeypatch.setattr(bench, "ROOT", fake_root)
+    monkeypatch.setattr(benchlib, "ROOT", fake_root)
+    same = bench.code_version()
+    trainer = fake_root / "compress" / "train" / "finetune.py"
+    trainer.write_text(trainer.read_text() + "\n# a change\n")
+    changed = bench.code_version()
+    assert same != changed
+    assert cache.get(benchlib.ResultCache.key(code=changed, arch="a", seed=0)) is None
+
+
+def _photo(seed: int, w: int, h: int):
+    # Smooth random colour fields: real enough to pass the flat-patch filter, cheap to make.
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    return lambda: np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))
+
+
+def test_photo_task_splits_come_from_disjoint_tiles(tmp_path):
+    photos = {"a": _photo(1, 500, 400), "b": _photo(2, 640, 480), "c": _photo(3, 400, 400)}
+    out = tmp_path / "task"
+    task = make_photo_task.build(out, train_per_class=12, val_per_class=5, seed=0, photos=photos)
+    for split, n in (("train", 12), ("val", 5), ("test", 5)):
+        for name in photos:
+            files = sorted((out / split / name).glob("*.png"))
+            assert len(files) == n
+            assert Image.open(files[0]).size == (32, 32) and Image.open(files[0]).mode == "RGB"
+    assert json.loads((out / "task.json").read_text())["photos"].keys() == photos.keys()
+    assert (out / "recipe.yaml").is_file() and not out.with_name("task.partial").exists()
+    assert task["photos"]["a"]["val_tiles"] >= 1
+    # The tiles of the three splits never share a pixel.
+    corners = make_photo_task.tiles(600, 480)
+    owner = np.full((480, 600), "", dtype=object)
+    T = make_photo_task.TILE
+    for split, cs in corners.items():
+        for x, y in cs:
+            assert (owner[y:y + T, x:x + T] == "").all()
+            owner[y:y + T, x:x + T] = split
+    assert len(corners["val"]) and len(corners["test"]) and len(corners["train"]) > len(corners["val"])
+
+
+def test_photo_task_tree_loads_as_an_imagefolder_recipe(tmp_path):
+    from compress.recipe import load_recipe
+
+    photos = {name: _photo(i, 480, 480) for i, name in enumerate("abcd")}
+    out = tmp_path / "task"
+    make_photo_task.build(out, train_per_class=10, val_per_class=4, seed=0, photos=photos)
+    loaded = load_recipe(bench.resolve_task(str(out)))
+    data = loaded.load_data()
+    assert (len(data.train), len(data.val), len(data.test)) == (40, 16, 16)
+    assert data.in_channels == 3 and data.num_classes == 4
+    assert bench.data_fingerprint(data) != ""
+    assert bench.with_epochs(loaded, 3).recipe.supernet.epochs == 3
+    assert bench.with_epochs(loaded, 3).supernet_key() != loaded.supernet_key()
+
+
+def test_bad_arguments_exit_2_with_one_line(capsys):
+    assert bench.main(["--task", "no-such-task"]) == 2
+    assert "no-such-task" in capsys.readouterr().err
+    assert bench.main(["--archs", "1"]) == 2
+    assert bench.main(["--ablation", "nodir"]) == 2
+    assert "NAME=CHECKPOINT_DIR" in capsys.readouterr().err
+    assert make_photo_task.main(["--val-per-class", "0", "--out", "/nonexistent/x"]) == 2
+
+
+def test_standalone_accuracy_trains_a_fresh_model(space):
+    from compress.data import load_dataset
+    from compress.recipe import load_recipe
+
+    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    data = load_dataset("synthetic", num_classes=3, size=96, image_size=32, channels=1, seed=0)
+    supernet = HybridSupernet(space, data.in_channels, data.num_classes, data.mean, data.std)
+    torch.manual_seed(0)
+    acc, seconds = bench.standalone_accuracy(space.smallest(), supernet, data, loaded.recipe, steps=3, seed=0)
+    assert 0.0 <= acc <= 1.0 and seconds >= 0
