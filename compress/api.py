@@ -396,9 +396,9 @@ class Evaluation:
 
 def evaluate(artifact: str | Path, threads: int | None = None, data: str | Path | None = None, *,
              device_url: str | None = None, token_env: str | None = None, ca_file: str | None = None) -> Evaluation:
-    """Re-measure an artifact: accuracy on the data it records (or at ``data``, the same data's path on this
-    machine), latency on its runtime on this machine, or on the device server at ``device_url`` (see
-    :func:`device_latency`)."""
+    """Re-measure an artifact: accuracy on the data it records (on this machine; ``data`` is the same data's
+    path on this machine), latency on its runtime on this machine, or on the device server at ``device_url``
+    (see :func:`device_latency`)."""
     from compress.data import load_dataset
     from compress.export.artifact import deployed_runner
     from compress.measure.accuracy import accuracy
@@ -421,10 +421,10 @@ def evaluate(artifact: str | Path, threads: int | None = None, data: str | Path 
     else:
         logger.info(f"data: {data_spec['source']} (built in)")
     seed = data_spec.pop("seed", 0)
-    data = load_dataset(data_spec.pop("source"), seed=seed, **data_spec)
+    splits = load_dataset(data_spec.pop("source"), seed=seed, **data_spec)
     target = config.target
     shape = (target.get("batch_size", 1), *config.input["shape"])
-    val, test = accuracy(runner, data.val), accuracy(runner, data.test)
+    val, test = accuracy(runner, splits.val), accuracy(runner, splits.test)
     warmup, repeats = target.get("warmup", 10), target.get("repeats", 50)
     if device_url:
         latency = device_latency(artifact, device_url, threads=threads, batch_size=shape[0], warmup=warmup,
@@ -445,7 +445,7 @@ def time_artifact(artifact: str | Path, *, threads: int = 1, batch_size: int = 1
 
     for flag, value, least in (("--batch-size", batch_size, 1), ("--repeats", repeats, 1),
                                ("--threads", threads, 1), ("--warmup", warmup, 0)):
-        if value < least:
+        if value is not None and value < least:
             raise CompressError(f"{flag} must be at least {least} (got {value})")
     runner, config = deployed_runner(Path(artifact), threads=threads)
     if device_url:

@@ -241,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(or on a device server with --device)")
     p.add_argument("artifact")
     p.add_argument("--threads", type=int)
-    _device_arguments(p)
     p.add_argument("--data", help="the data's path on this machine (default: the path recorded in the artifact)")
+    _device_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("latency", help="time an artifact on this machine (or on a device server with --device)")

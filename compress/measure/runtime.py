@@ -91,8 +91,8 @@ class TorchRunner:
 
         if device == "cuda" and not torch.cuda.is_available():
             raise CompressError("target.device is 'cuda' but PyTorch sees no CUDA device on this machine")
-        self._torch = torch
         check_threads(threads)
+        self._torch = torch
         self.module = module.eval().to(device)
         self.device, self.threads = device, threads
 
