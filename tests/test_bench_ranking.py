@@ -87,7 +87,7 @@ def test_cache_key_changes_with_the_trainer_source(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "ROOT", fake_root)
     monkeypatch.setattr(benchlib, "ROOT", fake_root)
     same = bench.code_version()
-    trainer = fake_root / "compress" / "train" / "finetune.py"
+    trainer = fake_root / "compress" / "policies" / "finetune.py"
     trainer.write_text(trainer.read_text() + "\n# a change\n")
     changed = bench.code_version()
     assert same != changed
