@@ -303,9 +303,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     package_logger = logging.getLogger("compress")
-    handler, saved_level = _ConsoleHandler(), package_logger.level
+    handler, saved = _ConsoleHandler(), (package_logger.level, package_logger.propagate)
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
+    # The command's own handler shows compress's records; they do not also go to the root logger, which a
+    # dependency may have configured (onnxruntime.quantization calls logging.basicConfig(level=INFO) on
+    # import, and every progress line then came out twice).
+    package_logger.propagate = False
     try:
         return args.func(args)
     except CompressError as exc:
@@ -317,4 +321,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         package_logger.removeHandler(handler)
-        package_logger.setLevel(saved_level)
+        package_logger.setLevel(saved[0])
+        package_logger.propagate = saved[1]

@@ -104,3 +104,29 @@ def test_import_compress_is_cheap_and_offers_the_api():
             "'front', 'export_artifacts', 'load_artifact', 'load', 'run', 'distill']; "
             "assert all(n in dir(compress) for n in names); assert callable(compress.run_search)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_progress_lines_are_printed_once_even_when_a_dependency_configured_the_root_logger(monkeypatch, capsys):
+    import io
+    import logging
+
+    from compress import cli
+
+    def command(args):  # a command whose library code logs progress
+        logging.getLogger("compress.search.loop").info("trial 1: progress line")
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_validate", command)
+    stream = io.StringIO()
+    root, handler = logging.getLogger(), logging.StreamHandler(stream)
+    saved = root.level
+    root.addHandler(handler)  # what onnxruntime.quantization's logging.basicConfig(level=INFO) leaves behind
+    root.setLevel(logging.INFO)
+    try:
+        assert cli.main(["validate", "recipe.yaml"]) == 0
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+    assert capsys.readouterr().out.count("trial 1: progress line") == 1
+    assert "progress line" not in stream.getvalue()
+    assert logging.getLogger("compress").propagate  # restored after the command
