@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import inspect
 import itertools
+import json
 import random
 import statistics
 import sys
@@ -166,8 +167,16 @@ class GroundTruth:
                                                          "warmup_fraction")}}
         self.code, self.data_hash = code_version(), data_fingerprint(data)
 
+    def key(self, arch: Arch, seed: int) -> str:
+        # The exact model config, not only the architecture: a space option such as ``heads_mode: regroup``
+        # builds another model from the same genes, while supernets that differ only in training (few-shot,
+        # another loss) share their stand-alone models and so their cached ground truth.
+        config = subnet_config(self.supernet, arch)
+        model = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        return ResultCache.key(code=self.code, data=self.data_hash, model=model, seed=seed, **self.setting)
+
     def __call__(self, arch: Arch, seed: int) -> tuple[float, float, bool]:
-        key = ResultCache.key(code=self.code, data=self.data_hash, arch=arch.key(), seed=seed, **self.setting)
+        key = self.key(arch, seed)
         hit = self.cache.get(key)
         if hit:
             return hit["standalone"], hit["train_seconds"], True
@@ -365,15 +374,25 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
 def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, tag: str) -> int:
     """One row per trained supernet: its ranking, extremes and training time, on one set of architectures."""
     recipe, cfg = loaded.recipe, loaded.recipe.supernet
-    results, archs, truth = [], None, None
+    from compress.search.loop import load_context
+    from compress.supernet.checkpoint import load_supernet
+
+    results, archs, cache = [], None, ResultCache(CACHE)
     for name, path in ablation:
-        checkpoint, context = load_checkpoint(loaded, path)
+        checkpoint = load_supernet(path)
+        # An option may live in the space itself (an attention family's ``heads_mode``): such a supernet is
+        # measured on its own space, as long as that space offers the same choices (checked per architecture).
+        own = LoadedRecipe(loaded.recipe, loaded.path, loaded.space_path, checkpoint.space, loaded.data_path)
+        context = load_context(own, checkpoint)
         if archs is None:  # chosen once from the first supernet's space, so every row ranks the same points
             data = context.data
             shape = (1, data.in_channels, data.image_size, data.image_size)
             archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed,
                                          pool_size=args.pool)
-            truth = GroundTruth(loaded, data, checkpoint.supernet, ResultCache(CACHE))
+        for arch, _ in archs:
+            checkpoint.space.check(arch)
+        # Stand-alone ground truth of this supernet's models (shared through the cache where they are equal).
+        truth = GroundTruth(loaded, context.data, checkpoint.supernet, cache)
         rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, label=f"{name} ")
         meta = checkpoint.meta
         if meta.get("epochs") != cfg.epochs:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench_results"
 
 
-def trained_context(recipe_path: str, run_dir: str | None = None):
+def trained_context(recipe_path: str, run_dir: str | None = None, supernet: str | None = None):
     """The recipe, its trained supernet (trained now if missing) and a BuildContext, as the search builds them."""
     import logging
 
@@ -24,7 +24,7 @@ def trained_context(recipe_path: str, run_dir: str | None = None):
 
     # A script is an application: it shows the library's progress (the library itself never configures logging).
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return build_context(recipe_path, run_dir)
+    return build_context(recipe_path, run_dir, supernet=supernet)
 
 
 def interleaved_latency(runners: dict, example, rounds: int = 7, per_round: int = 50, warmup: int = 20) -> dict:

@@ -158,3 +158,28 @@ def test_standalone_accuracy_trains_a_fresh_model(space):
     torch.manual_seed(0)
     acc, seconds = bench.standalone_accuracy(space.smallest(), supernet, data, loaded.recipe, steps=3, seed=0)
     assert 0.0 <= acc <= 1.0 and seconds >= 0
+
+
+def test_ground_truth_is_keyed_by_the_model_not_only_the_architecture(space, tmp_path):
+    """Regrouped heads build another stand-alone model from the same genes (own ground truth); a few-shot
+    supernet builds the same models as a plain one (shared ground truth, trained once)."""
+    from compress.data import load_dataset
+    from compress.recipe import load_recipe
+
+    loaded = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    data = load_dataset("synthetic", num_classes=3, size=32, image_size=32, channels=1, seed=0)
+    raw = space.to_dict()
+    for stage in raw["stages"]:
+        if "attn" in stage:
+            stage["attn"]["heads_mode"] = "regroup"
+    regroup_space = SearchSpace.from_dict(raw)
+    cache = benchlib.ResultCache(tmp_path / "cache.json")
+    truths = {name: bench.GroundTruth(loaded, data, HybridSupernet(s, 1, 3, data.mean, data.std, few_shot=fs),
+                                      cache)
+              for name, s, fs in (("plain", space, False), ("few_shot", space, True), ("regroup", regroup_space, False))}
+    attn = space.largest(["conv", "attn", "attn"])
+    conv = space.largest(["conv", "conv", "conv"])
+    assert truths["plain"].key(attn, 0) == truths["few_shot"].key(attn, 0)
+    assert truths["plain"].key(attn, 0) != truths["regroup"].key(attn, 0)
+    assert truths["plain"].key(conv, 0) == truths["regroup"].key(conv, 0)  # no attention: the same model
+    assert truths["plain"].key(attn, 0) != truths["plain"].key(attn, 1)
