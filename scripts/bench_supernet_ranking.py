@@ -384,10 +384,14 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
         # measured on its own space, as long as that space offers the same choices (checked per architecture).
         own = LoadedRecipe(loaded.recipe, loaded.path, loaded.space_path, checkpoint.space, loaded.data_path)
         context = load_context(own, checkpoint)
-        if archs is None:  # chosen once from the first supernet's space, so every row ranks the same points
+        if archs is None:
+            # Chosen once, from the recipe's own space (MACs counted on an untrained supernet of it, the same
+            # figures a trained one gives), so every row ranks the same points as the plain benchmark does,
+            # whichever option comes first: regrouped heads change a subnet's MACs and so the quantiles.
             data = context.data
             shape = (1, data.in_channels, data.image_size, data.image_size)
-            archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed,
+            plain = HybridSupernet(loaded.space, data.in_channels, data.num_classes, data.mean, data.std)
+            archs = spread_architectures(loaded.space, plain, args.archs, shape, seed=recipe.seed,
                                          pool_size=args.pool)
         for arch, _ in archs:
             checkpoint.space.check(arch)

@@ -136,22 +136,36 @@ def source_hash(paths: list[Path], extra: str = "") -> str:
 
 class ResultCache:
     """A JSON file of results keyed by a hash of everything they depend on; saved after every new entry, so
-    an interrupted benchmark keeps what it finished and a later run picks up from there."""
+    an interrupted benchmark keeps what it finished and a later run picks up from there.
+
+    Several benchmark processes may share one cache (two supernets' ablations on two cores): a miss re-reads
+    the file (another process may have trained it meanwhile), and a write merges into what is on disk under
+    an exclusive lock, so no process drops another's entries.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries: dict = json.loads(path.read_text()) if path.exists() else {}
+        self.entries: dict = self._read()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
 
     @staticmethod
     def key(**parts) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:
+        if key not in self.entries:
+            self.entries.update(self._read())
         return self.entries.get(key)
 
     def put(self, key: str, value: dict) -> None:
+        import fcntl
+
         from compress.fsutil import write_json_atomic
 
-        self.entries[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.entries)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.entries = {**self._read(), **self.entries, key: value}
+            write_json_atomic(self.path, self.entries)
