@@ -25,6 +25,7 @@ STUDY_ATTR_OBJECTIVES = "compress.objectives"
 STUDY_ATTR_SUPERNET = "compress.supernet_key"
 STUDY_ATTR_RECIPE = "compress.recipe_hash"
 STUDY_ATTR_FINGERPRINT = "compress.fingerprint"
+STUDY_ATTR_MODEL_IO = "compress.model_io"  # input channels, image size, classes: what features count MACs at
 
 
 def default_storage_url(run_dir: Path) -> str:
