@@ -274,3 +274,31 @@ def test_the_recipe_builds_the_predictor_sampler(tmp_path):
     sampler = make_sampler(load_recipe(path))
     assert isinstance(sampler, PredictorSampler)
     assert (sampler.n_warmup, sampler.n_candidates, sampler.explore) == (9, 500, 0.25)
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.slow
+def test_search_with_the_predictor_sampler_records_and_reports_predictions(tiny_run):
+    from compress.search.loop import run_search
+    from compress.search.outputs import prediction_table, predicted_and_measured
+
+    recipe = tiny_run(search={"n_trials": MIN_TRAIN + 2, "sampler": {"name": "predictor", "warmup": MIN_TRAIN,
+                                                                     "candidates": 200},
+                              "policies": {"quantize": {"calibration_batches": 2}}})
+    loaded = load_recipe(recipe)
+    study = run_search(loaded, loaded.run_dir(), log=lambda *_: None)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == MIN_TRAIN + 2
+    steered = [t for t in done if predicted(t)]
+    assert len(steered) == 2
+    for t in steered:
+        assert set(predicted(t)["objectives"]) == {"accuracy", "latency_ms", "size_mb"}
+    assert study.user_attrs["compress.model_io"] == {"channels": 3, "image_size": 16, "num_classes": 4}
+    pairs = predicted_and_measured(study)
+    assert set(pairs) == {"accuracy", "latency_ms", "size_mb"} and len(pairs["latency_ms"][0]) == 2
+    assert prediction_table(study) is not None
+    assert (loaded.run_dir() / "predictions.png").stat().st_size > 0
+    assert "predicted_latency_ms" in (loaded.run_dir() / "trials.csv").read_text()
