@@ -54,7 +54,7 @@ DEFAULT_IMAGE_SIZE, DEFAULT_CHANNELS, DEFAULT_CLASSES = 32, 3, 10
 
 @dataclass(frozen=True)
 class ModelIO:
-    """The model's input (channels, height, width) and number of classes: what MACs are counted at."""
+    """The model's input (channels, square image size) and number of classes: what MACs are counted at."""
 
     channels: int
     image_size: int

@@ -3,20 +3,20 @@
 One regressor per target (each objective, each constraint), on the features of
 :mod:`compress.search.features` (or any fixed-length vectors). The default is a Gaussian process
 (scikit-learn; an RBF kernel plus a noise term, on standardized features, targets normalized), chosen by
-measurement with :func:`evaluate_predictors`: on the 40 trials of a quickstart study (fit on 30, predict 10,
-20 random splits) it was best or tied in every column:
+measurement with :func:`evaluate_predictors`: on the 40 trials of a quickstart study (85 features; fit on
+30, predict 10, 20 random splits) it was best in every column but one:
 
 =============  ===================  ===============================  ===============================
 regressor      accuracy: Kendall    latency: Kendall, MAPE, +-10%    size: Kendall, MAPE, +-10%
 =============  ===================  ===============================  ===============================
-gp             0.53                 0.68, 18.7%, 39%                 0.87, 13.9%, 52%
-ridge          0.44                 0.66, 18.8%, 40%                 0.85, 17.4%, 49%
-extra_trees    0.56                 0.63, 22.5%, 28%                 0.79, 19.3%, 38%
-forest         0.43                 0.60, 23.9%, 30%                 0.81, 19.5%, 33%
+gp             0.56                 0.69, 18.2%, 36%                 0.86, 13.9%, 52%
+ridge          0.44                 0.67, 18.7%, 40%                 0.85, 15.1%, 45%
+extra_trees    0.55                 0.63, 22.6%, 26%                 0.79, 19.3%, 37%
+forest         0.49                 0.61, 22.7%, 32%                 0.80, 20.0%, 31%
 =============  ===================  ===============================  ===============================
 
-and it fits in a fraction of a second at these sizes (the random forest took ~0.4 s per target on one
-core). 40 trials are few: ``scripts/bench_search.py`` measures the same on the trials of its studies.
+and it fits in a fraction of a second at these sizes (0.1 s per target on one shared core; the random
+forest 0.4 s). 40 trials are few: ``scripts/bench_search.py`` measures the same on the trials of its studies.
 (A latency re-measured three times moves by ~11% between runs, bench_results/search.md, so +-10% is near
 what any predictor can reach.)
 
