@@ -169,14 +169,13 @@ def test_proposals_are_predicted_and_measured_better_than_random_ones():
     assert gain(first) > 0 and gain(first) >= np.percentile(gains, 95), (gain(first), sorted(gains)[-10:])
 
 
-def test_a_study_started_by_another_sampler_is_resumed_and_workers_fit_on_every_trial(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    first = optuna.create_study(study_name="s", storage=storage, directions=["minimize", "minimize"],
+def resume_with_two_workers(storage: str, study_name: str) -> None:
+    """A study run by NSGA-II, then continued by two fresh predictor samplers in turn (two workers, or a
+    resumed search): each must fit on every stored trial, including the ones the other just measured."""
+    first = optuna.create_study(study_name=study_name, storage=storage, directions=["minimize", "minimize"],
                                 sampler=optuna.samplers.NSGAIISampler(population_size=4, seed=1))
     first.optimize(synthetic, n_trials=MIN_TRAIN + 1)
-    # Two fresh samplers, as two workers (or a resumed search) would have: each fits on all stored trials,
-    # including the ones the other just measured.
-    workers = [optuna.load_study(study_name="s", storage=storage,
+    workers = [optuna.load_study(study_name=study_name, storage=storage,
                                  sampler=PredictorSampler(n_warmup=MIN_TRAIN, n_candidates=200, explore=0.0, seed=seed))
                for seed in (11, 12)]
     for _ in range(2):
@@ -188,6 +187,17 @@ def test_a_study_started_by_another_sampler_is_resumed_and_workers_fit_on_every_
     earlier = [tuple(sorted(t.params.items())) for t in trials[:MIN_TRAIN + 1]]
     proposed = [tuple(sorted(t.params.items())) for t in trials[MIN_TRAIN + 1:]]
     assert len(set(proposed)) == 4 and not set(proposed) & set(earlier)  # nothing measured twice
+
+
+def test_a_study_started_by_another_sampler_is_resumed_and_workers_fit_on_every_trial(tmp_path):
+    resume_with_two_workers(f"sqlite:///{tmp_path / 'study.db'}", "s")
+
+
+@pytest.mark.postgres
+def test_workers_on_one_postgresql_study_fit_on_every_trial(postgres):
+    from compress.search.study import make_storage
+
+    resume_with_two_workers(make_storage(postgres.url), "predictor-two-workers")
 
 
 def test_constraints_are_respected(tmp_path):
