@@ -92,7 +92,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from compress import api
     from compress.fsutil import ensure_writable_dir
-    from compress.search.outputs import front_table, write_outputs
+    from compress.search.outputs import front_table, prediction_table, write_outputs
     from compress.search.study import load_existing_study, make_storage
 
     if args.storage:  # any machine that reaches the storage
@@ -105,6 +105,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         out_dir = Path(args.run)
     ensure_writable_dir(out_dir, "report directory")
     console.print(front_table(study))
+    predictions = prediction_table(study)
+    if predictions is not None:
+        console.print(predictions)
     paths = write_outputs(study, out_dir, loaded)
     _log("written: " + ", ".join(str(p) for p in paths.values()))
     return 0

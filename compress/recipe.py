@@ -31,7 +31,7 @@ METRICS = {
     "params": "minimize",
     "macs": "minimize",
 }
-SAMPLERS = ("nsga2", "tpe", "random", "gp")
+SAMPLERS = ("nsga2", "tpe", "random", "gp", "predictor")
 RUNTIMES = ("onnxruntime", "torch")
 DEVICES = ("cpu", "cuda")
 QUANT_BACKENDS = {
@@ -178,9 +178,22 @@ class ConstraintConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: Literal["nsga2", "tpe", "random", "gp"] = "nsga2"
+    name: Literal["nsga2", "tpe", "random", "gp", "predictor"] = "nsga2"
     population_size: int = Field(default=12, ge=2, le=10_000)
     seed: int | None = None
+    # predictor (compress.search.predictor_sampler): random trials until `warmup` have finished, then each
+    # trial measures the best of `candidates` scored by predictors fitted on the measured trials, or with
+    # probability `explore` a random one of them.
+    warmup: int = Field(default=16, ge=1, le=1_000_000)
+    candidates: int = Field(default=2000, ge=10, le=1_000_000)
+    explore: float = Field(default=0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _predictor_only(self) -> "SamplerConfig":
+        given = sorted({"warmup", "candidates", "explore"} & self.model_fields_set)
+        if given and self.name != "predictor":
+            raise ValueError(f"{', '.join(given)}: only the predictor sampler takes these, not {self.name!r}")
+        return self
 
 
 class QuantizeSearch(_Strict):

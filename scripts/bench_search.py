@@ -1,13 +1,26 @@
-"""NSGA-II against random search for the same trial budget, on the same trained supernet, over several seeds.
+"""Samplers compared at the same trial budget, on the same trained supernet, over several seeds.
 
 One seed per sampler cannot tell samplers apart at a budget of tens of trials (their fronts differ by more
-from seed to seed than from sampler to sampler), so each sampler runs ``--seeds`` studies. Reports the
-hypervolume of each front (objectives: error = 1 - accuracy, latency, size, each normalized by
-the fp32 largest subnet so the reference point is meaningful) and, from each study, the best point within 0.5
-points of the fp32 largest subnet's accuracy, as latency and size ratios against the fully-INT8 largest
-subnet (the SimQ-NAS comparison; it reports up to 4.80x and 3.44x).
+from seed to seed than from sampler to sampler), so each sampler runs ``--seeds`` studies. Reports, per
+sampler, the median hypervolume of the fronts (objectives: error = 1 - accuracy, latency, size, each
+normalized by the fp32 largest subnet so the reference point is meaningful) and its ratio to random search's,
+the front size, the search's wall time, and from each study the best point within 0.5 points of the fp32
+largest subnet's accuracy, as latency and size ratios against the fully-INT8 largest subnet (the SimQ-NAS
+comparison; it reports up to 4.80x and 3.44x).
 
-    python scripts/bench_search.py [--recipe recipes/quickstart.yaml] [--trials 60] [--seeds 3]
+Then the predictors (compress.search.predictors), measured on the trials the studies produced: every
+regressor kind fitted on 75% of the distinct candidates and on one study's budget (``--trials``), each
+predicting the rest (Kendall tau for accuracy; Kendall, MAPE and the share within +-10% for latency and
+size); and, for the predictor sampler's studies, what the predictors expected of the trials they chose
+against what was measured.
+
+    python scripts/bench_search.py --recipe quickstart --trials 60 --seeds 3
+    python scripts/bench_search.py --recipe mosaic --samplers random,nsga2,predictor --trials 100
+    python scripts/bench_search.py --recipe data/photo-patches --trials 60     # a folder with recipe.yaml
+
+``--recipe`` is a recipe name under recipes/, a recipe file, or a directory holding ``recipe.yaml``. Studies
+are kept in runs/bench-search-<recipe name>/studies.db and resumed when run again (``--fresh`` deletes them).
+Results: bench_results/search.md/.json for the quickstart, bench_results/search_<recipe name>.md/.json else.
 """
 
 from __future__ import annotations
@@ -15,15 +28,21 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
+import time
 
-from benchlib import ROOT, environment, trained_context, write_results
+from benchlib import ROOT, environment, resolve_task, trained_context, write_results
 from optuna.trial import TrialState
 
-from compress.recipe import LoadedRecipe
+from compress.errors import CompressError
+from compress.recipe import LoadedRecipe, SamplerConfig
 from compress.search.candidate import CandidateSpec, build_candidate, measure_candidate
 from compress.search.hypervolume import hypervolume
 from compress.search.loop import anchor_reference, run_search
 from compress.search.record import TrialRecord
+
+SAMPLERS = ("random", "nsga2", "tpe", "gp", "predictor")
+METRICS = ("accuracy", "latency_ms", "size_mb")
 
 
 def summarize(study) -> dict:
@@ -44,11 +63,11 @@ def summarize(study) -> dict:
         "trials": len(done),
         "front": len(study.best_trials),
         "hypervolume": hv,
-        "fp32_largest": {k: fp32[k] for k in ("accuracy", "latency_ms", "size_mb")},
-        "int8_largest_fastest": {k: int8_fast[k] for k in ("accuracy", "latency_ms", "size_mb")},
-        "int8_largest_smallest": {k: int8_small[k] for k in ("accuracy", "latency_ms", "size_mb")},
-        "fastest_within_0.5pt": {k: fastest[k] for k in ("accuracy", "latency_ms", "size_mb")},
-        "smallest_within_0.5pt": {k: smallest[k] for k in ("accuracy", "latency_ms", "size_mb")},
+        "fp32_largest": {k: fp32[k] for k in METRICS},
+        "int8_largest_fastest": {k: int8_fast[k] for k in METRICS},
+        "int8_largest_smallest": {k: int8_small[k] for k in METRICS},
+        "fastest_within_0.5pt": {k: fastest[k] for k in METRICS},
+        "smallest_within_0.5pt": {k: smallest[k] for k in METRICS},
         "latency_ratio_vs_int8_largest": int8_fast["latency_ms"] / fastest["latency_ms"],
         "size_ratio_vs_int8_largest": int8_small["size_mb"] / smallest["size_mb"],
     }
@@ -74,55 +93,135 @@ def reproduce(study, context, times: int = 3) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="recipes/quickstart.yaml")
-    parser.add_argument("--run-dir")
-    parser.add_argument("--trials", type=int, default=60)
-    parser.add_argument("--seeds", type=int, default=3, help="studies per sampler, with sampler seeds 0..N-1")
-    parser.add_argument("--samplers", default="nsga2,random")
-    parser.add_argument("--fresh", action="store_true", help="delete earlier benchmark studies instead of resuming them")
-    args = parser.parse_args()
+def with_sampler(loaded: LoadedRecipe, sampler: SamplerConfig, trials: int) -> LoadedRecipe:
+    search = loaded.recipe.search.model_copy(update={"n_trials": trials, "sampler": sampler})
+    recipe = loaded.recipe.model_copy(update={"search": search})
+    return LoadedRecipe(recipe, loaded.path, loaded.space_path, loaded.space, loaded.data_path)
 
-    loaded, checkpoint, context = trained_context(args.recipe, args.run_dir)
+
+def predictor_quality(loaded: LoadedRecipe, studies: list, budget: int) -> dict:
+    """Held-out quality of every regressor kind on the distinct candidates all studies measured."""
+    import numpy as np
+
+    from compress.search.features import CandidateFeatures, ModelIO
+    from compress.search.predictors import KINDS, evaluate_predictors
+
+    features = CandidateFeatures(loaded.space, loaded.recipe, ModelIO.of_study(studies[0], loaded.recipe))
+    rows, targets, seen = [], {m: [] for m in METRICS}, set()
+    for study in studies:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            metrics = TrialRecord.from_trial(trial).metrics
+            x = features(trial.params)
+            if not metrics or x.tobytes() in seen:  # baselines and repeats: one row per distinct candidate
+                continue
+            seen.add(x.tobytes())
+            rows.append(x)
+            for m in METRICS:
+                targets[m].append(metrics[m])
+    X = np.stack(rows)
+    y = {m: np.array(v) for m, v in targets.items()}
+    out = {"candidates": len(rows), "budget": budget, "kinds": {}}
+    for kind in KINDS:
+        out["kinds"][kind] = {}
+        for label, holdout in (("75%", 0.25), ("budget", 1 - budget / len(rows))):
+            if holdout <= 0 or len(rows) - round(holdout * len(rows)) < 8:
+                continue
+            q = evaluate_predictors(X, y, holdout=holdout, splits=5, kind=kind)
+            out["kinds"][kind][label] = {m: v.to_dict() for m, v in q.items()}
+            print(f"predictors: {kind} fitted on {label}: " + ", ".join(
+                f"{m} tau {v.kendall:.2f} mape {100 * v.mape:.1f}%" for m, v in q.items()), flush=True)
+    return out
+
+
+def online_quality(studies: list) -> dict:
+    """What the predictor sampler expected of the trials it chose, against their measurements (pooled)."""
+    from compress.search.outputs import predicted_and_measured
+    from compress.search.predictors import quality
+
+    pooled: dict[str, tuple[list, list]] = {}
+    for study in studies:
+        for name, (expected, measured, _) in predicted_and_measured(study).items():
+            pooled.setdefault(name, ([], []))
+            pooled[name][0].extend(expected)
+            pooled[name][1].extend(measured)
+    return {name: quality(e, m).to_dict() for name, (e, m) in pooled.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="quickstart", help="recipe name, recipe file, or folder with recipe.yaml")
+    parser.add_argument("--run-dir", help="where the supernet is trained (or found); default the recipe's")
+    parser.add_argument("--supernet", help="a trained supernet checkpoint directory, used as it is")
+    parser.add_argument("--trials", type=int, default=60, help="completed trials per study (baselines included)")
+    parser.add_argument("--seeds", type=int, default=3, help="studies per sampler, with sampler seeds 0..N-1")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--warmup", type=int, default=16, help="predictor sampler: trials before it fits")
+    parser.add_argument("--candidates", type=int, default=2000, help="predictor sampler: candidates scored per trial")
+    parser.add_argument("--fresh", action="store_true", help="delete earlier benchmark studies instead of resuming them")
+    args = parser.parse_args(argv)
+    samplers = args.samplers.split(",")
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown or args.trials < 1 or args.seeds < 1:
+        print(f"error: samplers must be among {','.join(SAMPLERS)} (got {unknown}); --trials and --seeds >= 1",
+              file=sys.stderr)
+        return 2
+    try:
+        recipe_path = resolve_task(args.recipe, "--recipe")
+    except CompressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    loaded, checkpoint, context = trained_context(str(recipe_path), args.run_dir, args.supernet)
     bench_dir = ROOT / "runs" / f"bench-search-{loaded.name}"
     if args.fresh and bench_dir.exists():
         shutil.rmtree(bench_dir)
     bench_dir.mkdir(parents=True, exist_ok=True)
+    base = loaded.recipe.search.sampler
     results: dict[str, list[dict]] = {}
+    studies: dict[str, list] = {}
     again = None
-    for sampler in args.samplers.split(","):
+    for sampler in samplers:
         for seed in range(args.seeds):
-            search = loaded.recipe.search.model_copy(update={
-                "n_trials": args.trials,
-                "sampler": loaded.recipe.search.sampler.model_copy(update={"name": sampler, "seed": seed}),
-            })
-            recipe = loaded.recipe.model_copy(update={"search": search})
-            variant = LoadedRecipe(recipe, loaded.path, loaded.space_path, loaded.space, loaded.data_path)
+            extra = {"warmup": args.warmup, "candidates": args.candidates} if sampler == "predictor" else {}
+            cfg = SamplerConfig(name=sampler, seed=seed, population_size=base.population_size, **extra)
             name = f"{sampler}-seed{seed}"
-            study = run_search(variant, bench_dir / name, storage=f"sqlite:///{bench_dir / 'studies.db'}",
-                               study_name=name, supernet_path=checkpoint.path, log=lambda *_: None)
-            results.setdefault(sampler, []).append(summarize(study))
+            started = time.time()
+            study = run_search(with_sampler(loaded, cfg, args.trials), bench_dir / name,
+                               storage=f"sqlite:///{bench_dir / 'studies.db'}", study_name=name,
+                               supernet_path=checkpoint.path, log=lambda *_: None)
+            results.setdefault(sampler, []).append({**summarize(study), "seconds": time.time() - started})
+            studies.setdefault(sampler, []).append(study)
             print(name, results[sampler][-1], flush=True)
             if again is None and sampler == "nsga2":
                 anchor_reference(context, study)
                 again = reproduce(study, context)
+    every = [s for runs in studies.values() for s in runs]
+    predictors = predictor_quality(loaded, every, args.trials)
+    online = online_quality(studies.get("predictor", []))
 
     md = [f"## Search: {args.trials} trials per study, {args.seeds} seeds per sampler, on `{loaded.name}` "
           "(objectives accuracy, latency, size)", "",
-          "| sampler | hypervolume, median (min-max) | front size | fastest within 0.5 pt of fp32 largest: latency "
-          "vs INT8 largest, median (min-max) | smallest within 0.5 pt: size vs INT8 largest, median (min-max) |",
-          "| --- | --- | --- | --- | --- |"]
+          "| sampler | hypervolume, median (min-max) | vs random | front size | fastest within 0.5 pt of fp32 "
+          "largest: latency vs INT8 largest, median (min-max) | smallest within 0.5 pt: size vs INT8 largest, "
+          "median (min-max) | wall time per study, median |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
 
     def spread(values, fmt):
         values = sorted(values)
         return f"{fmt.format(values[len(values) // 2])} ({fmt.format(values[0])}-{fmt.format(values[-1])})"
 
+    def median(values):
+        return statistics.median(values)
+
+    random_hv = median([r["hypervolume"] for r in results["random"]]) if "random" in results else None
     for name, runs in results.items():
+        hv = median([r["hypervolume"] for r in runs])
         md.append(f"| {name} | {spread([r['hypervolume'] for r in runs], '{:.3f}')} | "
+                  f"{f'{hv / random_hv:.3f}x' if random_hv else '-'} | "
                   f"{spread([r['front'] for r in runs], '{}')} | "
                   f"{spread([r['latency_ratio_vs_int8_largest'] for r in runs], '{:.2f}x')} | "
-                  f"{spread([r['size_ratio_vs_int8_largest'] for r in runs], '{:.2f}x')} |")
+                  f"{spread([r['size_ratio_vs_int8_largest'] for r in runs], '{:.2f}x')} | "
+                  f"{median([r['seconds'] for r in runs]):.0f} s |")
     md += ["", "Per study:", "", "| study | hypervolume | front | fastest within 0.5 pt | smallest within 0.5 pt |",
            "| --- | --- | --- | --- | --- |"]
     for name, runs in results.items():
@@ -132,6 +231,25 @@ def main() -> None:
                       f"{f['latency_ms']:.3f} ms ({r['latency_ratio_vs_int8_largest']:.2f}x faster) | "
                       f"{100 * s['accuracy']:.2f}% {1000 * s['size_mb']:.0f} KB ({r['size_ratio_vs_int8_largest']:.2f}x "
                       "smaller) |")
+
+    md += ["", f"Predictors, held out: the {predictors['candidates']} distinct candidates all studies measured; each "
+           "regressor fitted on 75% of them, or on one study's budget of "
+           f"{args.trials}, predicting the rest (5 random splits, averaged).", "",
+           "| regressor | fitted on | accuracy: Kendall | latency: Kendall, MAPE, within 10% | size: Kendall, MAPE, "
+           "within 10% |", "| --- | --- | --- | --- | --- |"]
+    for kind, by_label in predictors["kinds"].items():
+        for label, q in by_label.items():
+            a, lat, size = q["accuracy"], q["latency_ms"], q["size_mb"]
+            md.append(f"| {kind} | {label} | {a['kendall']:.2f} | {lat['kendall']:.2f}, {100 * lat['mape']:.1f}%, "
+                      f"{100 * lat['within_10']:.0f}% | {size['kendall']:.2f}, {100 * size['mape']:.1f}%, "
+                      f"{100 * size['within_10']:.0f}% |")
+    if online:
+        md += ["", "The predictor sampler's own predictions for the trials it chose (pooled over its studies; these "
+               "are the candidates ranked best, so their predictions lean optimistic):", "",
+               "| objective | trials | Kendall | MAPE | within 10% |", "| --- | --- | --- | --- | --- |"]
+        md += [f"| {name} | {q['n']} | {q['kendall']:.2f} | {100 * q['mape']:.1f}% | {100 * q['within_10']:.0f}% |"
+               for name, q in online.items()]
+
     first = next(iter(results.values()))[0]
     if again:
         changes = sorted(abs(r["relative_change"]) for r in again)
@@ -153,9 +271,14 @@ def main() -> None:
            f"{first['int8_largest_fastest']['latency_ms']:.3f} ms, smallest {1000 * first['int8_largest_smallest']['size_mb']:.0f} KB.",
            "Hypervolume of (error, latency / fp32 largest, size / fp32 largest) below the reference (1, 1.5, 1.5); "
            "larger is better.", ""]
-    write_results("search", {"recipe": args.recipe, "trials": args.trials, "seeds": args.seeds, "results": results,
-                             "reproduction": again, "environment": environment()}, "\n".join(md) + "\n")
+    # The quickstart's results keep their historical name; other tasks get their own files.
+    out = "search" if loaded.name == "quickstart" else f"search_{loaded.name}"
+    write_results(out, {"recipe": str(recipe_path), "trials": args.trials, "seeds": args.seeds,
+                        "warmup": args.warmup, "candidates": args.candidates, "results": results,
+                        "predictors": predictors, "predictor_sampler_online": online, "reproduction": again,
+                        "environment": environment()}, "\n".join(md) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -45,8 +45,8 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import RESULTS, ROOT, ResultCache, environment, noise_ceiling, rank_statistics, source_hash, \
-    top_overlap, write_results
+from benchlib import RESULTS, ROOT, ResultCache, environment, noise_ceiling, rank_statistics, resolve_task, \
+    source_hash, top_overlap, write_results
 
 from compress.errors import CompressError
 from compress.measure.accuracy import accuracy
@@ -222,22 +222,6 @@ def fmt_interval(s: dict, name: str) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # Setting up
-
-
-def resolve_task(task: str) -> Path:
-    """A recipe name under recipes/, a recipe file, or a directory holding recipe.yaml."""
-    p = Path(task)
-    if p.is_dir():
-        if not (p / "recipe.yaml").is_file():
-            raise CompressError(f"--task {task}: directory has no recipe.yaml (make_photo_task.py writes one)")
-        return p / "recipe.yaml"
-    if p.is_file():
-        return p
-    named = ROOT / "recipes" / f"{task}.yaml"
-    if named.is_file():
-        return named
-    raise CompressError(f"--task {task!r}: not a recipe file, a directory with recipe.yaml, or a recipe name "
-                        f"under {ROOT / 'recipes'}")
 
 
 def with_epochs(loaded: LoadedRecipe, epochs: int | None) -> LoadedRecipe:

@@ -16,6 +16,25 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench_results"
 
 
+def resolve_task(task: str, option: str = "--task") -> Path:
+    """A recipe name under recipes/, a recipe file, or a directory holding recipe.yaml (``option`` names the
+    command-line option in errors)."""
+    from compress.errors import CompressError
+
+    p = Path(task)
+    if p.is_dir():
+        if not (p / "recipe.yaml").is_file():
+            raise CompressError(f"{option} {task}: directory has no recipe.yaml (make_photo_task.py writes one)")
+        return p / "recipe.yaml"
+    if p.is_file():
+        return p
+    named = ROOT / "recipes" / f"{task}.yaml"
+    if named.is_file():
+        return named
+    raise CompressError(f"{option} {task!r}: not a recipe file, a directory with recipe.yaml, or a recipe name "
+                        f"under {ROOT / 'recipes'}")
+
+
 def trained_context(recipe_path: str, run_dir: str | None = None, supernet: str | None = None):
     """The recipe, its trained supernet (trained now if missing) and a BuildContext, as the search builds them."""
     import logging

@@ -62,7 +62,7 @@ def test_every_shipped_recipe_is_valid():
         ({"search.objectives": ["accuracy", "happiness"]}, "search.objectives.1.metric: Value error, unknown metric"),
         ({"search.constraints": ["joules <= 3"]}, "constraint on unknown metric 'joules'"),
         ({"search.constraints": ["latency_ms is small"]}, "is not of the form"),
-        ({"search.sampler": {"name": "annealing"}}, "search.sampler.name: Input should be 'nsga2', 'tpe', 'random' or 'gp'"),
+        ({"search.sampler": {"name": "annealing"}}, "search.sampler.name: Input should be 'nsga2', 'tpe', 'random', 'gp' or 'predictor'"),
         ({"target.runtime": "tflite"}, "target.runtime: Value error, unknown runtime"),
         ({"target.device": "tpu"}, "target.device: Input should be 'cpu', 'cuda' or 'remote'"),
         ({"data.source": "imagenet"}, "data.source: Value error, unknown data source"),

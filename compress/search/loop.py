@@ -27,9 +27,11 @@ from compress.recipe import LoadedRecipe
 from compress.measure.remote import DeviceUnavailable
 from compress.search.candidate import BuildContext, build_candidate, measure_candidate
 from compress.search.device import requeue_after_device_failure, wait_for_devices
+from compress.search.features import ModelIO
 from compress.search.outputs import BASELINE_ATTR, write_outputs
 from compress.search.record import PRUNE_REASON, TrialRecord, record_failure, record_result, record_start
 from compress.search.study import (
+    STUDY_ATTR_MODEL_IO,
     WORKER_ATTR,
     count_states,
     default_storage_url,
@@ -96,6 +98,13 @@ def anchor_reference(context: BuildContext, study: optuna.Study) -> None:
             study.set_user_attr(f"{REFERENCE_ATTR}@{name}", context.device_reference(name).latency_ms)
 
 
+def record_model_io(context: BuildContext, study: optuna.Study) -> None:
+    """What the study's models take and give (the predictor sampler's features count MACs at that input)."""
+    if STUDY_ATTR_MODEL_IO not in study.user_attrs:
+        data = context.data
+        study.set_user_attr(STUDY_ATTR_MODEL_IO, ModelIO(data.in_channels, data.image_size, data.num_classes).to_dict())
+
+
 def resolve_storage(loaded: LoadedRecipe, run_dir: Path, storage: str | None) -> str:
     return storage or loaded.recipe.search.storage or default_storage_url(run_dir)
 
@@ -131,6 +140,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
     study = _open(loaded, resolve_storage(loaded, run_dir, storage), study_name, checkpoint.meta["supernet_key"])
     context = load_context(loaded, checkpoint)
     anchor_reference(context, study)
+    record_model_io(context, study)
     me = worker_id()
 
     objectives = [o.metric for o in cfg.objectives]

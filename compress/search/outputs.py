@@ -44,6 +44,8 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     row["policies"] = record.policies
     row["arch"] = record.arch
     row["notes"] = "; ".join(f"{k}: {v}" for k, v in record.notes.items())
+    for name, value in record.predicted.get("objectives", {}).items():  # the predictor sampler's expectation
+        row[f"predicted_{name}"] = value
     row["fail_reason"] = record.fail_reason
     if trial.state == TrialState.FAIL and not row["fail_reason"]:
         # Failed by Optuna's heartbeat check: the worker stopped (or lost the storage) mid-trial.
@@ -87,6 +89,10 @@ def write_outputs(study: optuna.Study, run_dir: Path, loaded=None) -> dict[str, 
         "baselines": baselines(study),
     }
     paths = {name: run_dir / name for name in ("pareto.json", "pareto.csv", "trials.csv", "pareto.png", "baselines.json")}
+    predictions = plot_predictions(study)
+    if predictions is not None:
+        paths["predictions.png"] = run_dir / "predictions.png"
+        write_bytes_atomic(paths["predictions.png"], predictions)
     write_json_atomic(paths["pareto.json"], payload)
     write_text_atomic(paths["pareto.csv"], _csv(rows))
     write_text_atomic(paths["trials.csv"], _csv([trial_row(t) for t in study.get_trials(deepcopy=False)]))
@@ -173,3 +179,71 @@ def front_table(study: optuna.Study):
     for name, row in baselines(study).items():
         add(row, style="dim", label=f"{row['trial']} ({name})")
     return table
+
+
+# --------------------------------------------------------------------------------------------------
+# Predicted against measured (trials the predictor sampler chose)
+
+
+def predicted_and_measured(study: optuna.Study) -> dict[str, tuple[list[float], list[float], list[int]]]:
+    """Per objective: what the predictors expected and what was measured, for every completed trial that
+    records a prediction, and the trials' numbers."""
+    names = list(study.metric_names or [f"objective {k}" for k in range(len(study.directions))])
+    out: dict[str, tuple[list[float], list[float], list[int]]] = {name: ([], [], []) for name in names}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        expected = TrialRecord.from_trial(trial).predicted.get("objectives", {})
+        for k, name in enumerate(names):
+            if name in expected and trial.values is not None:
+                out[name][0].append(float(expected[name]))
+                out[name][1].append(float(trial.values[k]))
+                out[name][2].append(trial.number)
+    return {name: v for name, v in out.items() if v[0]}
+
+
+def prediction_table(study: optuna.Study):
+    """A rich Table of the predictors' quality on the trials they chose (None when no trial has a prediction).
+
+    These trials are the ones the predictors ranked best, so their predictions lean optimistic (the winner's
+    curse); ``scripts/bench_search.py`` also measures held-out quality on trials nobody chose."""
+    from rich.table import Table
+
+    from compress.search.predictors import quality
+
+    pairs = predicted_and_measured(study)
+    if not pairs:
+        return None
+    table = Table(title="Predicted against measured (trials chosen by the predictor sampler)")
+    for col in ("objective", "trials", "Kendall tau", "mean abs. error", "within +-10%", "predicted/measured, median"):
+        table.add_column(col)
+    for name, (expected, measured, _) in pairs.items():
+        q = quality(expected, measured)
+        ratios = sorted(e / m for e, m in zip(expected, measured) if m)
+        table.add_row(name, str(q.n), f"{q.kendall:.2f}", f"{100 * q.mape:.1f}%", f"{100 * q.within_10:.0f}%",
+                      f"{ratios[len(ratios) // 2]:.3f}" if ratios else "-")
+    return table
+
+
+def plot_predictions(study: optuna.Study) -> bytes | None:
+    """Predicted against measured, one panel per objective (None when no trial has a prediction)."""
+    pairs = predicted_and_measured(study)
+    if not pairs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), dpi=110, squeeze=False)
+    for ax, (name, (expected, measured, numbers)) in zip(axes[0], pairs.items()):
+        ax.scatter(measured, expected, s=18, c=numbers, cmap="viridis")
+        low, high = min(expected + measured), max(expected + measured)
+        ax.plot([low, high], [low, high], color="#888888", lw=1, ls="--")
+        ax.set_xlabel(f"measured {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{study.study_name}: predicted against measured (colour: trial number)", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

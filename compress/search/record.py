@@ -20,6 +20,9 @@ METRICS, NOTES, FAIL_REASON = "metrics", "notes", "fail_reason"
 PRUNE_REASON = "prune_reason"  # a trial pruned as surplus (the study already had enough)
 BASELINE = "compress.baseline"  # set when the trial was queued as a named baseline
 DEVICE_FAILURE = "compress.device_failure"  # why its device server was unavailable (the trial is queued again)
+# What the predictor sampler expected of the trial before it was measured (set by the sampler, not the loop):
+# {"objectives": {metric: value}, "constraints": {constraint: value}, "how": ..., "fitted_on": trials}
+PREDICTED = "compress.predicted"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class TrialRecord:
     worker: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     values: tuple[float, ...] | None = None  # the objective values Optuna holds
+    predicted: dict[str, Any] = field(default_factory=dict)  # PREDICTED, when the predictor sampler chose it
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> "TrialRecord":
@@ -46,7 +50,8 @@ class TrialRecord:
                    notes=dict(attrs.get(NOTES, {})), fail_reason=attrs.get(FAIL_REASON, attrs.get(PRUNE_REASON, "")),
                    device_failure=attrs.get(DEVICE_FAILURE, "") or "", baseline=attrs.get(BASELINE, "") or "", worker=dict(attrs.get(WORKER, {})),
                    versions=dict(attrs.get(VERSIONS, {})),
-                   values=tuple(trial.values) if trial.values is not None else None)
+                   values=tuple(trial.values) if trial.values is not None else None,
+                   predicted=dict(attrs.get(PREDICTED, {})))
 
     @property
     def complete(self) -> bool:
@@ -60,7 +65,8 @@ class TrialRecord:
         return {"number": self.number, "state": self.state, "spec": self.spec, "arch": self.arch,
                 "policies": self.policies, "metrics": self.metrics, "notes": self.notes,
                 "fail_reason": self.fail_reason, "device_failure": self.device_failure, "baseline": self.baseline, "worker": self.worker,
-                "versions": self.versions, "values": list(self.values) if self.values is not None else None}
+                "versions": self.versions, "values": list(self.values) if self.values is not None else None,
+                "predicted": self.predicted}
 
 
 def record_start(trial: optuna.Trial, spec, versions: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ STUDY_ATTR_OBJECTIVES = "compress.objectives"
 STUDY_ATTR_SUPERNET = "compress.supernet_key"
 STUDY_ATTR_RECIPE = "compress.recipe_hash"
 STUDY_ATTR_FINGERPRINT = "compress.fingerprint"
+STUDY_ATTR_MODEL_IO = "compress.model_io"  # input channels, image size, classes: what features count MACs at
 
 
 def default_storage_url(run_dir: Path) -> str:
@@ -175,6 +176,13 @@ def make_sampler(loaded: LoadedRecipe, worker_offset: int = 0) -> optuna.sampler
         except ImportError:
             raise StorageError("search.sampler.name 'gp' needs scipy (pip install scipy)") from None
         return optuna.samplers.GPSampler(seed=seed)
+    if cfg.name == "predictor":
+        from compress.search.features import CandidateFeatures
+        from compress.search.predictor_sampler import PredictorSampler
+
+        return PredictorSampler(warmup_sampler=optuna.samplers.RandomSampler(seed=seed), n_warmup=cfg.warmup,
+                                n_candidates=cfg.candidates, explore=cfg.explore, seed=seed,
+                                features=lambda study: CandidateFeatures.for_study(loaded, study))
     raise AssertionError(cfg.name)
 
 
