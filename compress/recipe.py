@@ -190,7 +190,11 @@ class SamplerConfig(_Strict):
 
     @model_validator(mode="after")
     def _predictor_only(self) -> "SamplerConfig":
-        given = sorted({"warmup", "candidates", "explore"} & self.model_fields_set)
+        # A value that differs from its default is a setting the chosen sampler would ignore: refused. An
+        # equal one is accepted, because a recipe written back from its model (a run's copy) carries every
+        # default.
+        given = sorted(k for k in {"warmup", "candidates", "explore"} & self.model_fields_set
+                       if getattr(self, k) != type(self).model_fields[k].default)
         if given and self.name != "predictor":
             raise ValueError(f"{', '.join(given)}: only the predictor sampler takes these, not {self.name!r}")
         return self

@@ -312,3 +312,17 @@ def test_search_with_the_predictor_sampler_records_and_reports_predictions(tiny_
     assert prediction_table(study) is not None
     assert (loaded.run_dir() / "predictions.png").stat().st_size > 0
     assert "predicted_latency_ms" in (loaded.run_dir() / "trials.csv").read_text()
+
+
+@pytest.mark.parametrize("name", ["random", "predictor"])
+def test_a_runs_recipe_copy_loads_back_whatever_the_sampler(tmp_path, name):
+    """A run keeps a copy of its recipe written from the model, every default included (the predictor's
+    settings too); export and report read it back, so it must validate for every sampler."""
+    from compress.rundir import load_run_info, save_run_info
+
+    loaded = load_recipe(tiny_recipe(tmp_path, search={"n_trials": 6, "sampler": {"name": name}}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
+    again, _, _ = load_run_info(run_dir)
+    assert again.recipe.search.sampler == loaded.recipe.search.sampler
