@@ -1,0 +1,166 @@
+"""Does mixing fp32 and INT8 units within one subnet ever pay on the CPU runtime? (issue 12, item 6)
+
+A trial chooses INT8 or fp32 per quantization unit (stem, each stage, classifier: 2^5 = 32 subsets on a
+3-stage space). Every boundary between an INT8 and an fp32 unit adds QuantizeLinear / DequantizeLinear work, so
+a mixed subset may be slower than both uniform choices and never worth a trial. For a few subnets spread over
+the space, every subset is built with ``build_candidate`` (what search and export use) and timed in
+alternation with the others, round by round (drift cancels in per-round ratios). Each subset is classed as
+``uniform`` (none or all units), ``contiguous`` (one run of consecutive units) or ``fragmented`` (two runs or
+more), and compared with the better of the two uniform choices of the same subnet.
+
+    python scripts/bench_int8_granularity.py --recipe recipes/mosaic.yaml --supernet runs/mosaic_10ep/supernet
+
+Results: bench_results/int8_granularity.md/.json/.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import statistics
+
+from benchlib import RESULTS, environment, interleaved_latency, trained_context, write_results
+
+from compress.measure.accuracy import accuracy
+from compress.measure.latency import example_input
+from compress.policies import Policies, QuantPolicy
+from compress.search.candidate import CandidateSpec, build_candidate
+from compress.search.suggest import space_units
+
+
+def runs_of(mask: tuple[bool, ...]) -> int:
+    """Number of maximal runs of consecutive INT8 units."""
+    return sum(1 for i, q in enumerate(mask) if q and (i == 0 or not mask[i - 1]))
+
+
+def kind_of(mask: tuple[bool, ...]) -> str:
+    if not any(mask) or all(mask):
+        return "uniform"
+    return "contiguous" if runs_of(mask) == 1 else "fragmented"
+
+
+def subnets(space, n_random: int, seed: int):
+    """The largest and smallest subnet of every family pattern the space's extremes allow, plus random ones."""
+    out = {"largest": space.largest(), "smallest": space.smallest()}
+    for fam in sorted({b for s in space.stages for b in s.blocks}):
+        blocks = [fam if fam in s.blocks else s.blocks[0] for s in space.stages]
+        out[f"largest-{fam}"] = space.largest(blocks)
+    rng = random.Random(seed)
+    for i in range(n_random):
+        out[f"random-{i}"] = space.sample(rng)
+    seen, unique = set(), {}
+    for name, arch in out.items():
+        if arch.key() not in seen:
+            seen.add(arch.key())
+            unique[name] = arch
+    return unique
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/mosaic.yaml")
+    parser.add_argument("--run-dir", help="run directory holding the trained supernet (trained if missing)")
+    parser.add_argument("--supernet", help="a trained supernet checkpoint directory to use as it is")
+    parser.add_argument("--random", type=int, default=3, help="random subnets besides the extremes")
+    parser.add_argument("--backend", default="ort-static")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    loaded, _checkpoint, context = trained_context(args.recipe, args.run_dir, args.supernet)
+    space = context.supernet.space
+    units = space_units(space)
+    masks = list(itertools.product((False, True), repeat=len(units)))
+    shape = context.input_shape
+    results = []
+    for name, arch in subnets(space, args.random, loaded.recipe.seed).items():
+        built = {}
+        for mask in masks:
+            chosen = tuple(u for u, q in zip(units, mask) if q)
+            policy = QuantPolicy(args.backend, chosen) if chosen else QuantPolicy()
+            built[mask] = build_candidate(context, CandidateSpec(arch, Policies(quant=policy), loaded.recipe.seed))
+        runners = {m: c.deployable.runner(threads=loaded.recipe.target.threads) for m, c in built.items()}
+        medians = interleaved_latency(runners, example_input(shape), rounds=args.rounds, per_round=args.per_round)
+        fp32, int8 = masks[0], masks[-1]
+        rows = []
+        for m in masks:
+            # per-round ratio against the better uniform choice of that round: drift cancels
+            best_uniform = [min(a, b) for a, b in zip(medians[fp32], medians[int8])]
+            ratios = [v / u for v, u in zip(medians[m], best_uniform)]
+            rows.append({"mask": "".join("8" if q else "f" for q in m), "kind": kind_of(m), "runs": runs_of(m),
+                         "median_ms": statistics.median(medians[m]),
+                         "ratio_vs_best_uniform": statistics.median(ratios),
+                         "ratio_min": min(ratios), "ratio_max": max(ratios),
+                         "size_kb": len(built[m].deployable.deployed_bytes()) / 1e3,
+                         "accuracy": accuracy(built[m].deployable.runner(threads=2), context.data.val)})
+        fp32_ms, int8_ms = statistics.median(medians[fp32]), statistics.median(medians[int8])
+        results.append({"subnet": name, "arch": arch.describe(), "units": units, "fp32_ms": fp32_ms,
+                        "int8_ms": int8_ms, "rows": rows})
+        best = min((r for r in rows if r["kind"] != "uniform"), key=lambda r: r["ratio_vs_best_uniform"])
+        print(f"{name}: fp32 {fp32_ms:.3f} ms, INT8 {int8_ms:.3f} ms, best mixed {best['mask']} "
+              f"{best['ratio_vs_best_uniform']:.3f}x of the better uniform", flush=True)
+
+    md = [f"## INT8 granularity on `{loaded.name}`: every fp32/INT8 subset of {len(units)} units "
+          f"({', '.join(units)}), backend {args.backend}", "",
+          f"Latency: ONNX Runtime, {loaded.recipe.target.threads} thread, batch {shape[0]}, the {len(masks)} subsets "
+          f"of one subnet timed in turn, {args.rounds} rounds of {args.per_round} runs; ratio = median over rounds of "
+          "(subset's median / the faster of all-fp32 and all-INT8 in that round); below 1.00x the mixed subset "
+          "beats both uniform choices. A mask lists the units in order, `8` INT8, `f` fp32.", "",
+          "| subnet | all fp32 | all INT8 | best contiguous (ratio, min-max over rounds) | best fragmented | "
+          "median contiguous | median fragmented | mixed subsets slower than both uniform |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    summary = {"contiguous": [], "fragmented": []}
+    for res in results:
+        cells = []
+        for kind in ("contiguous", "fragmented"):
+            rows = [r for r in res["rows"] if r["kind"] == kind]
+            summary[kind] += [r["ratio_vs_best_uniform"] for r in rows]
+            best = min(rows, key=lambda r: r["ratio_vs_best_uniform"])
+            cells.append(f"`{best['mask']}` {best['ratio_vs_best_uniform']:.3f}x ({best['ratio_min']:.2f}-"
+                         f"{best['ratio_max']:.2f})")
+        med = {k: statistics.median(r["ratio_vs_best_uniform"] for r in res["rows"] if r["kind"] == k)
+               for k in ("contiguous", "fragmented")}
+        mixed = [r for r in res["rows"] if r["kind"] != "uniform"]
+        slower = sum(1 for r in mixed if r["ratio_vs_best_uniform"] > 1 and r["median_ms"] > max(res["fp32_ms"],
+                                                                                                   res["int8_ms"]))
+        md.append(f"| {res['subnet']} | {res['fp32_ms']:.3f} ms | {res['int8_ms']:.3f} ms | {cells[0]} | {cells[1]} | "
+                  f"{med['contiguous']:.3f}x | {med['fragmented']:.3f}x | {slower}/{len(mixed)} |")
+    beats = {k: sum(1 for v in vs if v < 0.97) for k, vs in summary.items()}
+    md += ["", f"Mixed subsets more than 3% faster than the better uniform choice: contiguous {beats['contiguous']}"
+           f"/{len(summary['contiguous'])}, fragmented {beats['fragmented']}/{len(summary['fragmented'])}.", "",
+           "Architectures: " + "; ".join(f"{r['subnet']} `{r['arch']}`" for r in results) + ".", ""]
+    plot_path = plot(results, RESULTS / "int8_granularity.png")
+    md += [f"Plot: `{plot_path.name}`.", ""]
+    write_results("int8_granularity", {"recipe": args.recipe, "backend": args.backend, "units": units,
+                                       "results": results, "faster_than_uniform_3pct": beats,
+                                       "environment": environment()}, "\n".join(md) + "\n")
+    return 0
+
+
+def plot(results: list[dict], path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = {"uniform": "black", "contiguous": "tab:blue", "fragmented": "tab:orange"}
+    for i, res in enumerate(results):
+        for r in res["rows"]:
+            ax.scatter(i + random.Random(r["mask"]).uniform(-0.25, 0.25), r["ratio_vs_best_uniform"],
+                       color=colors[r["kind"]], s=12, alpha=0.7)
+    for kind, c in colors.items():
+        ax.scatter([], [], color=c, label=kind)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(results)), [r["subnet"] for r in results], rotation=30, ha="right")
+    ax.set_ylabel("latency / better uniform choice")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
