@@ -10,6 +10,7 @@ is a race of its own.
 """
 
 import importlib
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +21,9 @@ MARKER = "holding in call"
 
 
 def main() -> int:
+    # Ctrl-C as in a terminal, even where the test runner was started with SIGINT ignored (a background job
+    # of a non-interactive shell), which the child would inherit and then never see the test's SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     target, n, *args = sys.argv[1:]
     module_name, name = target.split(":")
     module = importlib.import_module(module_name)
