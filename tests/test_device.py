@@ -428,6 +428,7 @@ def test_tls_with_a_certificate(tmp_path):
         assert srv.url.startswith("https://")
         device = RemoteDevice(srv.url, srv.token, ca_file=str(cert))
         assert device.fingerprint()["cpu_count"] == os.cpu_count()
+        device.close()  # its open keep-alive connection held up the server's shutdown until stop() killed it (20 s)
         with pytest.raises(DeviceUnavailable, match="unreachable"):  # no trust in a self-signed certificate
             RemoteDevice(srv.url, srv.token).fingerprint()
     finally:
