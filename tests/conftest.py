@@ -1,5 +1,6 @@
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,51 @@ def tiny_run(tmp_path, trained_tiny):
         return tiny_recipe(tmp_path, run_dir=run_dir, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory, trained_tiny):
+    """A searched run on the session's supernet (five trials) with its Pareto front exported through the CLI,
+    shared by the artifact tests (tests/test_export.py, tests/test_hardening.py): they read it, and change only
+    copies. Returns ``(loaded recipe, study, artifact directories)``."""
+    import shutil
+
+    from compress.cli import main
+    from compress.recipe import load_recipe
+    from compress.rundir import save_run_info
+    from compress.search.loop import run_search
+
+    tmp = tmp_path_factory.mktemp("export")
+    run_dir = tmp / "run"
+    shutil.copytree(trained_tiny, run_dir / "supernet")
+    loaded = load_recipe(tiny_recipe(tmp, run_dir=run_dir, search={"n_trials": 5, "sampler": {"name": "random"}}))
+    study = run_search(loaded, run_dir, log=lambda *_: None)
+    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
+    assert main(["export", str(run_dir), "--pareto"]) == 0
+    return loaded, study, sorted((run_dir / "artifacts").iterdir())
+
+
+@pytest.fixture
+def compress_cli(capsys):
+    """``compress ARGS`` run in this process: the command's own code (parsing, the command, the one-line error
+    and its exit status) without starting Python and importing PyTorch again, which is most of what a
+    ``python -m compress`` subprocess costs. Returns a ``CompletedProcess`` (returncode, stdout, stderr).
+
+    For what only a separate process shows (a kill, Ctrl-C, locks and work shared between processes, what
+    reaches a process's own output) tests start ``python -m compress`` instead."""
+    from compress.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        args = [str(a) for a in args]
+        capsys.readouterr()
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["compress", *args], code, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -30,9 +30,18 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(state_dir: Path, log: Path, *extra: str, port: int = 0, timeout: float = 60) -> Server:
-    """A device server process; returns once it has printed its ready line (its socket is listening then)."""
-    args = [sys.executable, "-m", "compress.serve", "--port", str(port), "--state-dir", str(state_dir), *extra]
+def start_server(state_dir: Path, log: Path, *extra: str, port: int = 0, timeout: float = 60,
+                 hold: tuple[str, int] | None = None) -> Server:
+    """A device server process; returns once it has printed its ready line (its socket is listening then).
+
+    ``hold=(MODULE:FUNCTION, N)``: started through tests/hold.py (``compress device serve``), the server hangs at
+    that function's Nth call; :func:`wait_until_held` returns once it is there."""
+    serve = ["--port", str(port), "--state-dir", str(state_dir), *extra]
+    if hold:
+        hold_py = Path(__file__).resolve().parent / "hold.py"
+        args = [sys.executable, str(hold_py), hold[0], str(hold[1]), "device", "serve", *serve]
+    else:
+        args = [sys.executable, "-m", "compress.serve", *serve]
     with open(log, "a") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=os.environ.copy())
     lines: list[str] = []
@@ -45,6 +54,28 @@ def start_server(state_dir: Path, log: Path, *extra: str, port: int = 0, timeout
     url = lines[0].split()[len(READY.split())]
     token = (state_dir / "token").read_text().strip()
     return Server(proc, url, int(url.rsplit(":", 1)[1]), token, log)
+
+
+def wait_until_held(server: Server, timeout: float = 240) -> None:
+    """Block until a server started with ``hold`` has reached the held call (hold.py's marker on its stdout)."""
+    from tests.hold import MARKER
+
+    lines: list[str] = []
+
+    def read():
+        while MARKER not in "".join(lines):
+            line = server.proc.stdout.readline()
+            if not line:
+                return
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if MARKER not in "".join(lines):
+        server.proc.kill()
+        raise AssertionError(f"the server never reached the held call (exit {server.proc.poll()}): {lines}\n"
+                             f"{server.log.read_text()[-3000:]}")
 
 
 def measurement_intervals(log: Path) -> list[tuple[float, float]]:

@@ -1,6 +1,7 @@
 """Run the compress CLI with one function made to hang at its Nth call, for tests that kill a process mid-way.
 
     python tests/hold.py MODULE:FUNCTION N compress-arguments...
+    python tests/hold.py MODULE:CLASS.METHOD N compress-arguments...
 
 Calls before the Nth run as usual; the Nth prints a marker and blocks for good. A test waits for the marker
 (`start_held`, `wait_until_held`), then finds the process exactly where it wants it (a trial started, its spec
@@ -10,6 +11,7 @@ is a race of its own.
 """
 
 import importlib
+import signal
 import subprocess
 import sys
 import threading
@@ -20,9 +22,15 @@ MARKER = "holding in call"
 
 
 def main() -> int:
+    # Ctrl-C as in a terminal, even where the test runner was started with SIGINT ignored (a background job
+    # of a non-interactive shell), which the child would inherit and then never see the test's SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     target, n, *args = sys.argv[1:]
-    module_name, name = target.split(":")
+    module_name, path = target.split(":")
+    *owners, name = path.split(".")
     module = importlib.import_module(module_name)
+    for owner in owners:  # a method: patched on its class
+        module = getattr(module, owner)
     original = getattr(module, name)
     calls = 0
 

@@ -21,7 +21,7 @@ from compress.measure.latency import Reference, measure_latency
 from compress.measure.remote import DeviceUnavailable, ModelRejected, RemoteDevice, RemoteModel, RemoteTimer
 from compress.measure.runtime import OrtRunner
 from compress.serve.token import load_or_create_token, token_matches
-from tests.device_server import measurement_intervals, start_server
+from tests.device_server import measurement_intervals, start_server, wait_until_held
 
 SHAPE = (1, 3, 16, 16)
 
@@ -227,11 +227,10 @@ def test_unreachable_device_is_named():
     ({"device": "remote", "url": "http://user:pw@host:1"}, "is not http(s)://host:port"),
     ({"device": "remote", "url": "http://h:1", "token_env": "not a name"}, "token_env"),
 ])
-def test_remote_target_is_validated(tmp_path, target, message):
+def test_remote_target_is_validated(tmp_path, compress_cli, target, message):
     from tests.conftest import tiny_recipe
 
-    recipe = tiny_recipe(tmp_path, target=target)
-    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(recipe)], capture_output=True, text=True)
+    proc = compress_cli("validate", tiny_recipe(tmp_path, target=target))
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
@@ -247,71 +246,82 @@ def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, env=env)
 
 
-@pytest.mark.slow
-def test_search_export_and_latency_on_the_device(tiny_run, tmp_path, monkeypatch):
-    from optuna.trial import TrialState
+@pytest.fixture(scope="module")
+def device_run(tmp_path_factory, trained_tiny):
+    """One study searched on one device server by three `compress search` workers sharing it: six trials, each
+    timed there against the reference timed there too. The tests of the search, its export and of the shared
+    device read it. Returns the server, the recipe, the run directory and the workers' outputs."""
+    import shutil
+    from types import SimpleNamespace
 
-    from compress.recipe import load_recipe
-    from compress.rundir import save_run_info
-    from compress.search.loop import REFERENCE_ATTR, run_search
+    from tests.conftest import tiny_recipe
 
-    srv = start_server(tmp_path / "state", tmp_path / "server.log")
+    tmp = tmp_path_factory.mktemp("device-run")
+    srv = start_server(tmp / "state", tmp / "server.log")
     try:
-        recipe = tiny_run(target=remote_target(srv), search={"n_trials": 3, "sampler": {"name": "random"}})
-        loaded = load_recipe(recipe)
-        monkeypatch.delenv("TEST_DEVICE_TOKEN", raising=False)
-        with pytest.raises(CompressError, match="TEST_DEVICE_TOKEN is not set"):
-            run_search(loaded, loaded.run_dir(), log=lambda *_: None)
-        monkeypatch.setenv("TEST_DEVICE_TOKEN", srv.token)
-        study = run_search(loaded, loaded.run_dir(), log=lambda *_: None)
-        done = study.get_trials(states=(TrialState.COMPLETE,))
-        assert len(done) == 3
-        for t in done:  # timed on the device, against the reference timed there too
-            latency = t.user_attrs["metrics"]["latency"]
-            assert srv.url in latency["device"] and latency["method"] == "relative to reference"
-        # Reference anchor (1) + one per trial, all logged by the server.
-        assert len(measurement_intervals(srv.log)) >= 4 and study.user_attrs[REFERENCE_ATTR] > 0
-
-        run_dir = loaded.run_dir()
-        save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
-        proc = cli("export", str(run_dir), "--trial", str(done[0].number), env=device_env(srv))
-        assert proc.returncode == 0, proc.stderr
-        artifact = next((run_dir / "artifacts").iterdir())
-        proc = cli("latency", str(artifact), "--device", srv.url, "--token-env", "TEST_DEVICE_TOKEN", "--repeats", "20",
-                   env=device_env(srv))
-        assert proc.returncode == 0 and f"on {srv.url}" in proc.stdout and "median" in proc.stdout, proc.stderr
-        proc = cli("evaluate", str(artifact), "--device", srv.url, "--token-env", "TEST_DEVICE_TOKEN",
-                   env=device_env(srv))
-        assert proc.returncode == 0 and f"on {srv.url}" in proc.stdout, proc.stderr
-        proc = cli("latency", str(artifact), "--device", srv.url, "--token-env", "NO_SUCH_VARIABLE")
-        assert proc.returncode == 2 and "NO_SUCH_VARIABLE is not set" in proc.stderr
-
-        # The token is in no file the search, export or server wrote (its own token file aside).
-        for path in [*run_dir.rglob("*"), srv.log]:
-            if path.is_file():
-                assert srv.token.encode() not in path.read_bytes(), path
-    finally:
-        srv.stop()
-
-
-@pytest.mark.slow
-def test_workers_sharing_one_device_never_time_concurrently(tiny_run, tmp_path):
-    srv = start_server(tmp_path / "state", tmp_path / "server.log")
-    try:
-        recipe = tiny_run(target=remote_target(srv), search={"n_trials": 6, "sampler": {"name": "random"}})
+        run_dir = tmp / "run"
+        shutil.copytree(trained_tiny, run_dir / "supernet")
+        recipe = tiny_recipe(tmp, run_dir=run_dir, target=remote_target(srv),
+                             search={"n_trials": 6, "sampler": {"name": "random"}})
         workers = [subprocess.Popen([sys.executable, "-m", "compress", "search", str(recipe)], env=device_env(srv),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
         outputs = [w.communicate(timeout=1200)[0] for w in workers]
         assert all(w.returncode == 0 for w in workers), outputs
-        intervals = measurement_intervals(srv.log)
-        assert len(intervals) >= 7  # the reference's anchor and six trials at least
-        for (s1, e1), (s2, e2) in zip(intervals, intervals[1:]):
-            assert s1 < e1 <= s2 < e2, (s1, e1, s2, e2)
-        # Several workers measured on the device (each reports the trials it ran), and queued for it.
-        assert sum(" latency " in out for out in outputs) >= 2, outputs
-        assert srv.token not in "".join(outputs)
+        yield SimpleNamespace(server=srv, recipe=recipe, run_dir=run_dir, outputs=outputs)
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_workers_sharing_one_device_never_time_concurrently(device_run):
+    srv = device_run.server
+    intervals = measurement_intervals(srv.log)
+    assert len(intervals) >= 7  # the reference's anchor and six trials at least
+    for (s1, e1), (s2, e2) in zip(intervals, intervals[1:]):
+        assert s1 < e1 <= s2 < e2, (s1, e1, s2, e2)
+    # Several workers measured on the device (each reports the trials it ran), and queued for it.
+    assert sum(" latency " in out for out in device_run.outputs) >= 2, device_run.outputs
+    assert srv.token not in "".join(device_run.outputs)
+
+
+@pytest.mark.slow
+def test_search_export_and_latency_on_the_device(device_run, monkeypatch, compress_cli):
+    from optuna.trial import TrialState
+
+    from compress.recipe import load_recipe
+    from compress.search.loop import REFERENCE_ATTR, run_search
+    from compress.search.study import load_existing_study, make_storage
+
+    server = device_run.server
+    loaded = load_recipe(device_run.recipe)
+    run_dir = device_run.run_dir
+    monkeypatch.delenv("TEST_DEVICE_TOKEN", raising=False)
+    with pytest.raises(CompressError, match="TEST_DEVICE_TOKEN is not set"):
+        run_search(loaded, run_dir, log=lambda *_: None)
+    study = load_existing_study(make_storage(f"sqlite:///{run_dir / 'study.db'}"), "tiny")
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 6
+    for t in done:  # timed on the device, against the reference timed there too
+        latency = t.user_attrs["metrics"]["latency"]
+        assert server.url in latency["device"] and latency["method"] == "relative to reference"
+    assert study.user_attrs[REFERENCE_ATTR] > 0
+
+    proc = cli("export", str(run_dir), "--trial", str(done[0].number), env=device_env(server))
+    assert proc.returncode == 0, proc.stderr
+    artifact = next((run_dir / "artifacts").iterdir())
+    monkeypatch.setenv("TEST_DEVICE_TOKEN", server.token)
+    proc = compress_cli("latency", artifact, "--device", server.url, "--token-env", "TEST_DEVICE_TOKEN",
+                        "--repeats", 20)
+    assert proc.returncode == 0 and f"on {server.url}" in proc.stdout and "median" in proc.stdout, proc.stderr
+    proc = compress_cli("evaluate", artifact, "--device", server.url, "--token-env", "TEST_DEVICE_TOKEN")
+    assert proc.returncode == 0 and f"on {server.url}" in proc.stdout, proc.stderr
+    proc = compress_cli("latency", artifact, "--device", server.url, "--token-env", "NO_SUCH_VARIABLE")
+    assert proc.returncode == 2 and "NO_SUCH_VARIABLE is not set" in proc.stderr
+
+    # The token is in no file the search, export or server wrote (its own token file aside).
+    for path in [*run_dir.rglob("*"), server.log]:
+        if path.is_file():
+            assert server.token.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.slow
@@ -322,19 +332,23 @@ def test_a_device_killed_mid_study_fails_the_trial_and_the_study_resumes(tiny_ru
     from compress.search.device import DEVICE_FAILURE_ATTR
     from compress.search.study import load_existing_study, make_storage
 
-    srv = start_server(tmp_path / "state", tmp_path / "server.log")
-    recipe = tiny_run(target=remote_target(srv, device_wait_s=300), search={"n_trials": 6, "sampler": {"name": "random"}})
+    # The server hangs in its third measurement (the reference and the first trial timed, the second trial's
+    # under way): killed there, the device goes away mid-measurement however fast the machine.
+    srv = start_server(tmp_path / "state", tmp_path / "server.log",
+                       hold=("compress.serve.app:DeviceServer._run_child", 3))
+    recipe = tiny_run(target=remote_target(srv, device_wait_s=300),
+                      search={"n_trials": 3, "sampler": {"name": "random"}})
     log = tmp_path / "search.log"
     with open(log, "w") as out:
         worker = subprocess.Popen([sys.executable, "-m", "compress", "search", str(recipe)], env=device_env(srv),
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 300
-        while len(measurement_intervals(srv.log)) < 3 and time.time() < deadline and worker.poll() is None:
-            time.sleep(0.2)
-        assert len(measurement_intervals(srv.log)) >= 3, log.read_text()
-        srv.proc.kill()  # the device goes away mid-study (reference and two trials measured)
+        wait_until_held(srv)
+        assert len(measurement_intervals(srv.log)) == 2, log.read_text()
+        srv.proc.kill()
         srv.proc.wait()
+        # The worker finds the device gone and waits for it (up to device_wait_s); then it comes back.
+        deadline = time.time() + 300
         while "waiting up to" not in log.read_text() and time.time() < deadline and worker.poll() is None:
             time.sleep(0.2)
         assert "waiting up to" in log.read_text(), log.read_text()
@@ -342,11 +356,12 @@ def test_a_device_killed_mid_study_fails_the_trial_and_the_study_resumes(tiny_ru
         assert worker.wait(timeout=600) == 0, log.read_text()
     finally:
         worker.kill()
-        srv.stop()
+        srv.proc.kill()
+        srv.proc.wait()
     loaded = load_recipe(recipe)
     study = load_existing_study(make_storage(f"sqlite:///{loaded.run_dir() / 'study.db'}"), "tiny")
     failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 6
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     assert failed and all(t.user_attrs[DEVICE_FAILURE_ATTR] == "unreachable" for t in failed)
     assert all("unreachable" in t.user_attrs["fail_reason"] for t in failed)
     retried = [t for t in study.trials if t.user_attrs.get("compress.retry_of") in {f.number for f in failed}]
@@ -393,11 +408,11 @@ def test_two_devices_are_two_latency_objectives(tiny_run, tmp_path, monkeypatch)
         edge.stop()
 
 
-def test_objectives_may_only_name_declared_devices(tmp_path):
+def test_objectives_may_only_name_declared_devices(tmp_path, compress_cli):
     from tests.conftest import tiny_recipe
 
     recipe = tiny_recipe(tmp_path, search={"objectives": ["accuracy", "latency_ms@board"]})
-    proc = subprocess.run([sys.executable, "-m", "compress", "validate", str(recipe)], capture_output=True, text=True)
+    proc = compress_cli("validate", recipe)
     assert proc.returncode == 2 and "which target.devices does not declare" in proc.stderr, proc.stderr
 
 
@@ -413,6 +428,7 @@ def test_tls_with_a_certificate(tmp_path):
         assert srv.url.startswith("https://")
         device = RemoteDevice(srv.url, srv.token, ca_file=str(cert))
         assert device.fingerprint()["cpu_count"] == os.cpu_count()
+        device.close()  # its open keep-alive connection held up the server's shutdown until stop() killed it (20 s)
         with pytest.raises(DeviceUnavailable, match="unreachable"):  # no trust in a self-signed certificate
             RemoteDevice(srv.url, srv.token).fingerprint()
     finally:

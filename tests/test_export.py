@@ -1,8 +1,6 @@
 """Artifacts: export reproduces the trial, compress.load needs no supernet, corruption is refused."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,39 +8,11 @@ import torch
 import compress
 from compress.errors import CheckpointError
 from compress.measure.accuracy import accuracy
-from compress.recipe import load_recipe
-from compress.search.loop import run_search
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, trained_tiny):
-    """A searched run with its Pareto front exported through the CLI."""
-    import shutil
-
-    from tests.conftest import tiny_recipe
-
-    tmp = tmp_path_factory.mktemp("export")
-    run_dir = tmp / "run"
-    shutil.copytree(trained_tiny, run_dir / "supernet")
-    recipe = tiny_recipe(tmp, run_dir=run_dir, search={"n_trials": 5, "sampler": {"name": "random"}})
-    loaded = load_recipe(recipe)
-    study = run_search(loaded, run_dir, log=lambda *_: None)
-    from compress.rundir import save_run_info
-
-    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
-    proc = cli("export", str(run_dir), "--pareto")
-    assert proc.returncode == 0, proc.stderr
-    artifacts = sorted((run_dir / "artifacts").iterdir())
-    return loaded, study, artifacts
 
 
 @pytest.mark.slow
-def test_artifacts_reproduce_their_trials(exported):
-    loaded, study, artifacts = exported
+def test_artifacts_reproduce_their_trials(exported_run):
+    loaded, study, artifacts = exported_run
     trials = {t.number: t for t in study.best_trials}
     assert len(artifacts) == len(trials) >= 1
     data = loaded.load_data()
@@ -68,19 +38,19 @@ def test_artifacts_reproduce_their_trials(exported):
 
 
 @pytest.mark.slow
-def test_evaluate_reports_the_recorded_accuracy(exported):
-    _, _, artifacts = exported
-    proc = cli("evaluate", str(artifacts[0]))
+def test_evaluate_reports_the_recorded_accuracy(exported_run, compress_cli):
+    _, _, artifacts = exported_run
+    proc = compress_cli("evaluate", artifacts[0])
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads((artifacts[0] / "config.json").read_text())["metrics"]["accuracy"]
     assert f"val accuracy  {recorded:.4f}   (recorded {recorded:.4f})" in proc.stdout
 
 
 @pytest.mark.slow
-def test_corrupted_and_tampered_artifacts_are_refused(exported, tmp_path):
+def test_corrupted_and_tampered_artifacts_are_refused(exported_run, tmp_path, compress_cli):
     import shutil
 
-    _, _, artifacts = exported
+    _, _, artifacts = exported_run
     src = artifacts[0]
 
     def copy(name):
@@ -118,18 +88,18 @@ def test_corrupted_and_tampered_artifacts_are_refused(exported, tmp_path):
     with pytest.raises(CheckpointError, match="quantization: required field is missing"):
         compress.load(missing)
 
-    proc = cli("evaluate", str(broken))
+    proc = compress_cli("evaluate", broken)
     assert proc.returncode == 2 and "checksum does not match" in proc.stderr
     # The original artifact is untouched by all of this.
     assert compress.load(src) is not None
 
 
-def test_export_of_unknown_or_missing_trials_is_refused(exported):
-    _, study, artifacts = exported
+def test_export_of_unknown_or_missing_trials_is_refused(exported_run, compress_cli):
+    _, study, artifacts = exported_run
     run_dir = artifacts[0].parent.parent
-    proc = cli("export", str(run_dir), "--trial", "999")
+    proc = compress_cli("export", run_dir, "--trial", "999")
     assert proc.returncode == 2 and "has no trial 999" in proc.stderr
-    proc = cli("export", str(run_dir))
+    proc = compress_cli("export", run_dir)
     assert proc.returncode == 2 and "--trial N" in proc.stderr
 
 

@@ -17,7 +17,7 @@ def cli(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "compress", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_unreadable_image_names_the_file_and_trains_nothing(tmp_path):
+def test_unreadable_image_names_the_file_and_trains_nothing(tmp_path, compress_cli):
     root = tmp_path / "images"
     for c in ("cat", "dog"):
         (root / c).mkdir(parents=True)
@@ -25,20 +25,20 @@ def test_unreadable_image_names_the_file_and_trains_nothing(tmp_path):
             Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(root / c / f"{i}.png")
     (root / "dog" / "broken.png").write_bytes(b"not a png at all")
     recipe = tiny_recipe(tmp_path, data={"source": "imagefolder", "path": str(root), "image_size": 16})
-    proc = cli("train-supernet", str(recipe))
+    proc = compress_cli("train-supernet", recipe)
     assert proc.returncode == 2
     assert "broken.png" in proc.stderr
     assert not (tmp_path / "run" / "supernet").exists()
 
 
-def test_empty_class_folder_is_refused(tmp_path):
+def test_empty_class_folder_is_refused(tmp_path, compress_cli):
     root = tmp_path / "images"
     (root / "cat").mkdir(parents=True)
     (root / "dog").mkdir()
     for i in range(4):
         Image.new("RGB", (16, 16)).save(root / "cat" / f"{i}.png")
     recipe = tiny_recipe(tmp_path, data={"source": "imagefolder", "path": str(root), "image_size": 16})
-    proc = cli("train-supernet", str(recipe))
+    proc = compress_cli("train-supernet", recipe)
     assert proc.returncode == 2 and "dog" in proc.stderr
 
 
@@ -113,16 +113,16 @@ def test_supernet_from_another_space_is_refused(tiny_run, tmp_path):
         run_search(loaded, loaded.run_dir(), log=lambda *_: None)
 
 
-def test_study_with_other_objectives_is_refused_and_left_intact(tiny_run):
+def test_study_with_other_objectives_is_refused_and_left_intact(tiny_run, compress_cli):
     import optuna
 
     recipe = tiny_run(search={"n_trials": 2, "sampler": {"name": "random"}, "objectives": ["accuracy", "size_mb"]})
-    ok = cli("search", str(recipe))
+    ok = compress_cli("search", recipe)
     assert ok.returncode == 0, ok.stderr
     db = f"sqlite:///{(recipe.parent / 'run' / 'study.db').resolve()}"
     before = [t.values for t in optuna.load_study(study_name="tiny", storage=db).trials]
     other = tiny_run(search={"n_trials": 2, "sampler": {"name": "random"}, "objectives": ["accuracy", "latency_ms"]})
-    proc = cli("search", str(other))
+    proc = compress_cli("search", other)
     assert proc.returncode == 2
     assert "exists with objectives" in proc.stderr and "Use another --study name" in proc.stderr
     assert [t.values for t in optuna.load_study(study_name="tiny", storage=db).trials] == before
@@ -133,18 +133,18 @@ def test_postgres_wrong_password_and_unreachable_server(tmp_path, postgres):
     for url, expected in ((postgres.url_with(password="wrong"), "password authentication failed"),
                           (postgres.url_with(port=1), "Connection refused")):
         recipe = tiny_recipe(tmp_path, search={"storage": url})
-        proc = cli("run", str(recipe))
+        proc = cli("run", str(recipe))  # a process of its own: nothing it prints may hold a password
         assert proc.returncode == 2
         assert expected in proc.stderr
         assert "wrong" not in proc.stderr and "compress-test" not in proc.stderr  # passwords are not printed
         assert not (tmp_path / "run" / "supernet").exists()
 
 
-def test_run_directory_that_cannot_be_written(tmp_path):
+def test_run_directory_that_cannot_be_written(tmp_path, compress_cli):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     recipe = tiny_recipe(tmp_path, run_dir=blocker / "run")
-    proc = cli("run", str(recipe))
+    proc = compress_cli("run", recipe)
     assert proc.returncode == 2
     assert "is not writable" in proc.stderr and str(blocker / "run") in proc.stderr
     assert blocker.read_text() == "not a directory"

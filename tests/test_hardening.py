@@ -32,9 +32,9 @@ def test_error_printer_keeps_brackets(capsys, monkeypatch, text):
     assert text in err and err.startswith("error:")
 
 
-def test_missing_data_path_with_brackets_is_named_in_full(tmp_path):
+def test_missing_data_path_with_brackets_is_named_in_full(tmp_path, compress_cli):
     recipe = tiny_recipe(tmp_path, data={"source": "imagefolder", "path": str(tmp_path / "[train]")})
-    proc = cli("validate", str(recipe))
+    proc = compress_cli("validate", recipe)
     assert proc.returncode == 2
     assert "[train]" in proc.stderr, proc.stderr
 
@@ -48,15 +48,16 @@ def _files_holding(root, secret):
     return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
-@pytest.mark.parametrize("url", ["postgresql://compress:{s}@127.0.0.1:9/compress",
-                                 "postgresql://127.0.0.1:9/compress?user=compress&password={s}"])
-def test_unreachable_storage_password_is_in_no_file_or_message(tmp_path, url):
+# Both commands open the storage through the same preflight, and redact_url is checked on both URL forms below:
+# each form is run through one of the commands, in a process of its own (everything it prints is checked).
+@pytest.mark.parametrize("url, command", [("postgresql://compress:{s}@127.0.0.1:9/compress", "search"),
+                                          ("postgresql://127.0.0.1:9/compress?user=compress&password={s}", "run")])
+def test_unreachable_storage_password_is_in_no_file_or_message(tmp_path, url, command):
     recipe = tiny_recipe(tmp_path, search={"n_trials": 2, "storage": url.format(s=SECRET)})
-    for command in ("search", "run"):
-        proc = cli(command, str(recipe))
-        assert proc.returncode == 2, proc.stderr
-        assert "storage" in proc.stderr and SECRET not in proc.stdout + proc.stderr
-        assert not _files_holding(tmp_path / "run", SECRET) if (tmp_path / "run").exists() else True
+    proc = cli(command, str(recipe))
+    assert proc.returncode == 2, proc.stderr
+    assert "storage" in proc.stderr and SECRET not in proc.stdout + proc.stderr
+    assert not _files_holding(tmp_path / "run", SECRET) if (tmp_path / "run").exists() else True
 
 
 def test_redact_url_hides_passwords_in_user_info_and_query():
@@ -69,44 +70,28 @@ def test_redact_url_hides_passwords_in_user_info_and_query():
     assert redact_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
 
 
-def test_search_with_a_password_in_the_query_writes_it_nowhere(tiny_run, tmp_path):
+def test_search_with_a_password_in_the_query_writes_it_nowhere(tiny_run, tmp_path, compress_cli):
     run = tmp_path / "run"
     url = f"sqlite:///{run / 'study.db'}?password={SECRET}"
     recipe = tiny_run(search={"n_trials": 2, "storage": url})
-    proc = cli("search", str(recipe))
+    proc = cli("search", str(recipe))  # a process of its own: everything it prints is checked
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     assert not _files_holding(run, SECRET)
     # Without the password, the run directory cannot name the storage: the user is asked for it, by name.
-    proc = cli("report", str(run))
+    proc = compress_cli("report", run)
     assert proc.returncode == 2 and "--storage" in proc.stderr and SECRET not in proc.stderr
-    proc = cli("report", str(run), "--storage", url)
+    proc = compress_cli("report", run, "--storage", url)
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr and not _files_holding(run, SECRET)
 
 
 # -- an exported artifact shared by the artifact tests -----------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory, trained_tiny):
-    """One exported trial of a two-trial search (with its run directory and recipe)."""
-    import shutil
-
-    from compress.recipe import load_recipe
-    from compress.rundir import save_run_info
-    from compress.search.loop import run_search
-
-    tmp = tmp_path_factory.mktemp("artifact")
-    run_dir = tmp / "run"
-    shutil.copytree(trained_tiny, run_dir / "supernet")
-    recipe = tiny_recipe(tmp, run_dir=run_dir, search={"n_trials": 2, "sampler": {"name": "random"}})
-    loaded = load_recipe(recipe)
-    study = run_search(loaded, run_dir, log=lambda *_: None)
-    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
-    trial = next(t.number for t in study.trials if t.values)
-    proc = cli("export", str(run_dir), "--trial", str(trial))
-    assert proc.returncode == 0, proc.stderr
-    return sorted((run_dir / "artifacts").iterdir())[0]
+@pytest.fixture
+def artifact(exported_run):
+    """One exported trial of the session's searched run (tests/conftest.py); tests change only copies."""
+    return exported_run[2][0]
 
 
 def _copy(src, dst):
@@ -164,7 +149,7 @@ def test_huge_layer_sizes_are_refused_before_allocating(artifact, tmp_path):
 
 # -- 4. one writer per run directory ------------------------------------------------------------------------------
 
-def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path, compress_cli):
     import os
     import socket
 
@@ -177,7 +162,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         wait_until_held(holder, log)
         for command in (["train-supernet", str(recipe)], ["run", str(recipe)], ["search", str(recipe)],
                         ["export", str(tmp_path / "run"), "--pareto"]):
-            proc = cli(*command)
+            proc = compress_cli(*command)
             assert proc.returncode == 2, proc.stdout + proc.stderr
             assert "is locked by `compress train-supernet" in proc.stderr, proc.stderr
             assert f"pid {holder.pid} on {socket.gethostname()}" in proc.stderr
@@ -193,7 +178,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         assert os.listdir(tmp_path / "run" / ".lock-holders") == [f"{socket.gethostname()}-{os.getpid()}.json"]
 
 
-def test_search_workers_share_a_run_directory(tmp_path):
+def test_search_workers_share_a_run_directory(tmp_path, compress_cli):
     from tests.hold import start_held, wait_until_held
 
     recipe = tiny_recipe(tmp_path)
@@ -203,7 +188,7 @@ def test_search_workers_share_a_run_directory(tmp_path):
             log = tmp_path / f"worker{i}.log"
             procs.append(start_held("compress.search.loop:run_search", 1, ["search", str(recipe)], log))
             wait_until_held(procs[-1], log)
-        proc = cli("train-supernet", str(recipe))
+        proc = compress_cli("train-supernet", recipe)
         assert proc.returncode == 2 and "is locked by `compress search" in proc.stderr, proc.stderr
     finally:
         for p in procs:
@@ -221,7 +206,7 @@ def test_search_workers_share_a_run_directory(tmp_path):
     ({"supernet": {"bn_calibration_batches": 3}}, "calibration"),
     ({"data": {"size": 400}}, "data"),
 ])
-def test_a_reopened_study_with_another_recipe_is_refused(tmp_path, edit, part):
+def test_a_reopened_study_with_another_recipe_is_refused(tmp_path, compress_cli, edit, part):
     from compress.errors import StorageError
     from compress.recipe import load_recipe
     from compress.rundir import save_run_info
@@ -236,7 +221,7 @@ def test_a_reopened_study_with_another_recipe_is_refused(tmp_path, edit, part):
     edited = tiny_recipe(tmp_path, **edit)
     with pytest.raises(StorageError, match=rf"changed since it was created: {part}.*--study NEW"):
         preflight(load_recipe(edited), run_dir, None, None)
-    proc = cli("search", str(edited))
+    proc = compress_cli("search", edited)
     assert proc.returncode == 2 and part in proc.stderr and "--study" in proc.stderr, proc.stderr
     assert (run_dir / "recipe.yaml").read_text() == snapshot  # the study's recipe copy is not overwritten
 
@@ -255,12 +240,12 @@ def test_each_study_keeps_the_recipe_it_was_created_with(tmp_path):
     assert load_run_info(run_dir, study="new")[0].recipe.target.threads == 2
 
 
-def test_corrupt_run_json_is_named(tmp_path):
+def test_corrupt_run_json_is_named(tmp_path, compress_cli):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "run.json").write_text('{"recipe": "x", "stor')
     for command in (["report", str(run_dir)], ["export", str(run_dir), "--pareto"]):
-        proc = cli(*command)
+        proc = compress_cli(*command)
         assert proc.returncode == 2 and "run.json: corrupt" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -300,7 +285,7 @@ def test_supernet_key_follows_the_data_not_the_path(tmp_path, monkeypatch):
 
 # -- 10. compress evaluate says which data it uses, and --data overrides it ------------------------------------------
 
-def test_evaluate_names_its_data_and_takes_data_override(artifact, tmp_path):
+def test_evaluate_names_its_data_and_takes_data_override(artifact, tmp_path, compress_cli):
     moved = _copy(artifact, tmp_path / "art")
     images = _image_folder(tmp_path / "here" / "images", classes=("a", "b", "c", "d"), n=8)
 
@@ -308,36 +293,36 @@ def test_evaluate_names_its_data_and_takes_data_override(artifact, tmp_path):
         c["provenance"]["data"] = {"source": "imagefolder", "path": "/moved/away/images", "image_size": 16,
                                    "channels": 3, "val_fraction": 0.25, "test_fraction": 0.25, "seed": 0}
     _edit_config(moved, point_elsewhere)
-    proc = cli("evaluate", str(moved))
+    proc = compress_cli("evaluate", moved)
     assert proc.returncode == 2 and "/moved/away/images does not exist" in proc.stderr and "--data" in proc.stderr
-    proc = cli("evaluate", str(moved), "--data", str(images))
+    proc = compress_cli("evaluate", moved, "--data", images)
     assert proc.returncode == 0, proc.stderr
     assert f"data: imagefolder at {images} (given with --data)" in proc.stdout
-    proc = cli("evaluate", str(artifact), "--data", str(images))
+    proc = compress_cli("evaluate", artifact, "--data", images)
     assert proc.returncode == 2 and "built in" in proc.stderr
 
 
 # -- 11. one line instead of a traceback or a hang -------------------------------------------------------------------
 
-def test_non_utf8_yaml_is_named(tmp_path):
+def test_non_utf8_yaml_is_named(tmp_path, compress_cli):
     recipe = tiny_recipe(tmp_path)
     recipe.write_bytes(recipe.read_bytes().replace(b"name: tiny", b"name: caf\xe9"))
-    proc = cli("validate", str(recipe))
+    proc = compress_cli("validate", recipe)
     assert proc.returncode == 2 and "not UTF-8" in proc.stderr and str(recipe) in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("flag", ["--repeats", "--batch-size", "--threads"])
-def test_latency_zero_counts_are_refused(artifact, flag):
-    proc = cli("latency", str(artifact), flag, "0")
+def test_latency_zero_counts_are_refused(artifact, compress_cli, flag):
+    proc = compress_cli("latency", artifact, flag, "0")
     assert proc.returncode == 2 and f"{flag} must be at least 1 (got 0)" in proc.stderr, proc.stderr
 
 
-def test_threads_above_the_cores_warn(artifact):
+def test_threads_above_the_cores_warn(artifact, compress_cli):
     import os
 
     cores = len(os.sched_getaffinity(0))
-    proc = cli("latency", str(artifact), "--threads", str(cores + 3), "--repeats", "3", "--warmup", "0")
+    proc = compress_cli("latency", artifact, "--threads", cores + 3, "--repeats", 3, "--warmup", 0)
     assert proc.returncode == 0, proc.stderr
     assert f"threads {cores + 3} is more than this machine's {cores} CPU core(s)" in proc.stderr
 
@@ -366,7 +351,7 @@ def test_onnx_runtime_of_an_artifact_without_onnx(artifact, tmp_path):
     assert compress.load(bare) is not None
 
 
-def test_read_only_and_full_targets_for_export_and_report(artifact, tmp_path, monkeypatch, capsys):
+def test_read_only_and_full_targets_for_export_and_report(artifact, tmp_path, monkeypatch, capsys, compress_cli):
     import errno
 
     import compress.cli as cli_module
@@ -376,7 +361,7 @@ def test_read_only_and_full_targets_for_export_and_report(artifact, tmp_path, mo
     trial = artifact.name.split("-")[1].lstrip("0") or "0"
     for command in (["export", str(run_dir), "--trial", trial, "--out", "/sys/compress-out"],
                     ["report", "/sys/compress-out", "--storage", f"sqlite:///{run_dir / 'study.db'}", "--study", "tiny"]):
-        proc = cli(*command)
+        proc = compress_cli(*command)
         assert proc.returncode == 2 and "'/sys/compress-out' is not writable" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     before = (run_dir / "pareto.csv").read_text()
@@ -447,9 +432,13 @@ def test_ctrl_c_requeues_the_interrupted_trial(tiny_run, tmp_path):
     recipe = tiny_run(search={"n_trials": 3, "sampler": {"name": "random"}})
     log = tmp_path / "search.log"
     proc = start_held("compress.search.loop:build_candidate", 1, ["search", str(recipe)], log)
-    wait_until_held(proc, log)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, log.read_text()
+    try:
+        wait_until_held(proc, log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
     assert "queued again" in log.read_text()
     run = tmp_path / "run"
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run / 'study.db'}")

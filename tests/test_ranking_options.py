@@ -81,28 +81,25 @@ def test_training_with_every_ranking_option_runs_and_reloads(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_supernet_checks_its_ranking_on_request(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import tiny_recipe
-
-    recipe = tiny_recipe(tmp_path, supernet={"epochs": 2, "batch_size": 32, "random_subnets": 1,
-                                             "bn_calibration_batches": 2})
-    proc = subprocess.run([sys.executable, "-m", "compress", "train-supernet", str(recipe), "--check-ranking", "4",
-                           "--check-steps", "5"], capture_output=True, text=True)
+def test_train_supernet_checks_its_ranking_on_request(tiny_run, compress_cli, monkeypatch):
+    monkeypatch.setattr("compress.train.ranking_check.POOL", 40)  # random architectures to spread from (200)
+    recipe = tiny_run()  # the session's trained supernet: train-supernet reuses it, then checks its ranking
+    proc = compress_cli("train-supernet", recipe, "--check-ranking", 4, "--check-steps", 5)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
+    assert "matches this recipe" in out
     assert "ranking check over 4 architectures (5 stand-alone steps each): Spearman" in out
     assert out.count("inherited ") >= 4 and "ranks " in out
-    bad = subprocess.run([sys.executable, "-m", "compress", "train-supernet", str(recipe), "--check-ranking", "0"],
-                         capture_output=True, text=True)
+    bad = compress_cli("train-supernet", recipe, "--check-ranking", 0)
     assert bad.returncode == 2 and "--check-ranking: must be at least 1, got 0" in bad.stderr
 
 
-def test_spread_covers_both_last_stage_families_and_sizes(tiny_space, tiny_supernet):
+def test_spread_covers_both_last_stage_families_and_sizes(tiny_space, tiny_supernet, monkeypatch):
     from compress.train.ranking_check import spread_architectures
 
+    # Each pooled architecture is extracted and run once to count its MACs: 40 of them instead of 200 still
+    # hold both families of the last stage at several sizes.
+    monkeypatch.setattr("compress.train.ranking_check.POOL", 40)
     archs = spread_architectures(tiny_supernet, 8, torch.rand(1, 3, 16, 16), seed=0)
     assert len(archs) == 8 and len({a.key() for a in archs}) == 8
     assert {a.stages[-1].block for a in archs} == {"conv", "attn"}

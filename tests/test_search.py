@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
@@ -109,29 +107,30 @@ def test_resume_keeps_completed_trials_and_failures_are_recorded(tiny_run, monke
 
 
 @pytest.mark.slow
-def test_sigkill_mid_trial_then_rerun_completes_the_study(tiny_run):
-    recipe = tiny_run(search={"n_trials": 8, "sampler": {"name": "random"}})
+def test_sigkill_mid_trial_then_rerun_completes_the_study(tiny_run, compress_cli):
+    recipe = tiny_run(search={"n_trials": 4, "sampler": {"name": "random"}})
     loaded = load_recipe(recipe)
     run_dir = loaded.run_dir()
     # The third trial hangs once its spec is recorded, so the kill lands mid-trial on any machine.
     log = run_dir.parent / "search.log"
     proc = start_held("compress.search.loop:build_candidate", 3, ["search", str(recipe)], log)
-    wait_until_held(proc, log)
-    storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials(deepcopy=False)
-    running = [t for t in trials if t.state == TrialState.RUNNING]
-    assert len(running) == 1 and "spec" in running[0].user_attrs
-    killed_with = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
-    assert len(killed_with) == 2, log.read_text()
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_until_held(proc, log)
+        storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+        trials = optuna.load_study(study_name="tiny", storage=storage).get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        assert len(running) == 1 and "spec" in running[0].user_attrs
+        killed_with = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
+        assert len(killed_with) == 2, log.read_text()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
 
-    rerun = subprocess.run([sys.executable, "-m", "compress", "search", str(recipe)], capture_output=True, text=True,
-                           timeout=600)
+    rerun = compress_cli("search", recipe)
     assert rerun.returncode == 0, rerun.stderr
     study = load_existing_study(make_storage(storage), "tiny")
     done = completed(study)
-    assert len(done) == 8
+    assert len(done) == 4  # the two before the kill kept, two more run
     assert {t.number: t.values for t in done if t.number in killed_with} == killed_with
     dead = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert len(dead) == 1 and "died during the trial" in dead[0].user_attrs["fail_reason"]
@@ -147,12 +146,12 @@ def test_sigkill_mid_trial_then_rerun_completes_the_study(tiny_run):
         ({}, {"runtime": "tflite"}, "unknown runtime"),
     ],
 )
-def test_bad_search_input_fails_before_training(tmp_path, search, target, expected):
+def test_bad_search_input_fails_before_training(tmp_path, compress_cli, search, target, expected):
     from tests.conftest import tiny_recipe
 
     recipe = tiny_recipe(tmp_path, search=search, target=target)
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "compress", "run", str(recipe)], capture_output=True, text=True)
+    proc = compress_cli("run", recipe)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr
     assert not (tmp_path / "run" / "supernet").exists()  # nothing was trained
