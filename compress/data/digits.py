@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from sklearn.datasets import load_digits
 
 from compress.data.base import SourceData, Split
 from compress.data.images import resize_float, to_uint8
@@ -14,10 +15,6 @@ NATIVE_SIZE = 8
 
 def base_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1797 digits as float (N, 1, 8, 8) in [0, 1] (sklearn stores 0..16) and int64 labels."""
-    # Imported here, not with the module: scikit-learn and SciPy take seconds to import, and every command
-    # imports the data layer (``compress validate`` included) while only this source needs them.
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = torch.from_numpy(bunch.images).float().div_(16.0).unsqueeze(1)
     return images, torch.from_numpy(bunch.target).long()
