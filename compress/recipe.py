@@ -204,6 +204,10 @@ class QuantizeSearch(_Strict):
     enabled: bool = True
     backends: list[str] | None = Field(default=None, description="default: every backend of the target runtime")
     calibration_batches: int = Field(default=8, ge=1, le=1000)
+    # Which sets of quantization units a trial may put in INT8: any subset (``unit``), one run of consecutive
+    # units (``contiguous``: every fp32/INT8 boundary adds quantize/dequantize work), or none or all
+    # (``uniform``). scripts/bench_int8_granularity.py measures which can pay on a runtime.
+    granularity: Literal["unit", "contiguous", "uniform"] = "unit"
 
 
 class PruneSearch(_Strict):

@@ -9,8 +9,10 @@ alternation with the others, round by round (drift cancels in per-round ratios).
 more), and compared with the better of the two uniform choices of the same subnet.
 
     python scripts/bench_int8_granularity.py --recipe recipes/mosaic.yaml --supernet runs/mosaic_10ep/supernet
+    python scripts/bench_int8_granularity.py --recipe data/photo-patches --supernet runs/photos_10ep/supernet
 
-Results: bench_results/int8_granularity.md/.json/.png.
+``--recipe`` is a recipe name under recipes/, a recipe file, or a directory holding ``recipe.yaml``.
+Results: bench_results/int8_granularity_<recipe name>.md/.json/.png.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import argparse
 import itertools
 import random
 import statistics
+import sys
 
-from benchlib import RESULTS, environment, interleaved_latency, trained_context, write_results
+from benchlib import RESULTS, environment, interleaved_latency, resolve_task, trained_context, write_results
 
+from compress.errors import CompressError
 from compress.measure.accuracy import accuracy
 from compress.measure.latency import example_input
 from compress.policies import Policies, QuantPolicy
@@ -67,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--per-round", type=int, default=30)
     args = parser.parse_args(argv)
+    try:
+        recipe_path = resolve_task(args.recipe, "--recipe")
+    except CompressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
-    loaded, _checkpoint, context = trained_context(args.recipe, args.run_dir, args.supernet)
+    loaded, _checkpoint, context = trained_context(str(recipe_path), args.run_dir, args.supernet)
     space = context.supernet.space
     units = space_units(space)
     masks = list(itertools.product((False, True), repeat=len(units)))
@@ -130,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     md += ["", f"Mixed subsets more than 3% faster than the better uniform choice: contiguous {beats['contiguous']}"
            f"/{len(summary['contiguous'])}, fragmented {beats['fragmented']}/{len(summary['fragmented'])}.", "",
            "Architectures: " + "; ".join(f"{r['subnet']} `{r['arch']}`" for r in results) + ".", ""]
-    plot_path = plot(results, RESULTS / "int8_granularity.png")
+    out = f"int8_granularity_{loaded.name}"
+    plot_path = plot(results, RESULTS / f"{out}.png")
     md += [f"Plot: `{plot_path.name}`.", ""]
-    write_results("int8_granularity", {"recipe": args.recipe, "backend": args.backend, "units": units,
+    write_results(out, {"recipe": str(recipe_path), "backend": args.backend, "units": units,
                                        "results": results, "faster_than_uniform_3pct": beats,
                                        "environment": environment()}, "\n".join(md) + "\n")
     return 0

@@ -42,7 +42,14 @@ def trained_context(recipe_path: str, run_dir: str | None = None, supernet: str 
     from compress.api import build_context
 
     # A script is an application: it shows the library's progress (the library itself never configures logging).
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Only compress's own logger: at INFO on the root logger, ONNX Runtime's quantizer prints a line for every
+    # tensor it leaves in fp32 (hundreds per partly-INT8 candidate), burying the progress.
+    package = logging.getLogger("compress")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
     return build_context(recipe_path, run_dir, supernet=supernet)
 
 

@@ -211,6 +211,38 @@ def test_policy_genome_round_trips_random_trials(tmp_path):
     assert seen_enabled == {"prune", "distill", "quant", "merge"}
 
 
+@pytest.mark.parametrize("granularity, allowed", [("unit", {"uniform", "contiguous", "fragmented"}),
+                                                   ("contiguous", {"uniform", "contiguous"}), ("uniform", {"uniform"})])
+def test_int8_granularity_limits_the_unit_sets_a_trial_can_choose(tmp_path, granularity, allowed):
+    from tests.conftest import tiny_recipe
+
+    from compress.recipe import load_recipe
+    from compress.search.suggest import baseline_specs, params_of, space_units, suggest_spec
+
+    loaded = load_recipe(tiny_recipe(tmp_path, search={"policies": {"quantize": {"granularity": granularity}}}))
+    recipe, space = loaded.recipe, loaded.space
+    units = space_units(space)
+
+    def kind(chosen):
+        mask = [u in chosen for u in units]
+        runs = sum(1 for i, q in enumerate(mask) if q and (i == 0 or not mask[i - 1]))
+        return "uniform" if runs == 0 or all(mask) else "contiguous" if runs == 1 else "fragmented"
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(200):
+        trial = study.ask()
+        spec = suggest_spec(trial, space, recipe)
+        seen.add(kind(spec.policies.quant.int8_units))
+        assert suggest_spec(optuna.trial.FixedTrial(params_of(spec, space, recipe)), space, recipe) == spec
+        study.tell(trial, 0.0)
+    assert seen == allowed
+    # The fully-INT8 baselines are choices under every granularity, so they are queued exactly as they are.
+    for spec in baseline_specs(space, recipe).values():
+        again = suggest_spec(optuna.trial.FixedTrial(params_of(spec, space, recipe)), space, recipe)
+        assert again == spec
+
+
 def _readme_block(marker: str) -> str:
     from pathlib import Path
 

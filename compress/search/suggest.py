@@ -20,6 +20,16 @@ def space_units(space: SearchSpace) -> list[str]:
     return ["stem"] + [f"stages.{i}" for i in range(len(space.stages))] + ["classifier"]
 
 
+def int8_choices(units: list[str], granularity: str) -> dict[str, tuple[str, ...]]:
+    """The INT8 unit sets a trial may choose under ``granularity`` other than ``unit``, by gene value:
+    ``none``, ``all``, and for ``contiguous`` every run of consecutive units (``stem..stages.1``)."""
+    if granularity == "uniform":
+        return {"none": (), "all": tuple(units)}
+    runs = {(units[i] if i == j else f"{units[i]}..{units[j]}"): tuple(units[i:j + 1])
+            for i in range(len(units)) for j in range(i, len(units))}
+    return {"none": (), **runs}
+
+
 def quant_backends(recipe: Recipe) -> list[str]:
     cfg = recipe.search.policies.quantize
     return list(cfg.backends or QUANT_BACKENDS[recipe.target.runtime])
@@ -40,7 +50,10 @@ def policy_genes(space: SearchSpace, recipe: Recipe) -> list[Gene]:
                   Gene("d.weight", tuple(d.weight)), Gene("d.feature_weight", tuple(d.feature_weight))]
     if cfg.quantize.enabled:
         genes.append(Gene("q.backend", tuple(quant_backends(recipe))))
-        genes += [Gene(f"q.{u}", ("fp32", "int8")) for u in space_units(space)]
+        if cfg.quantize.granularity == "unit":
+            genes += [Gene(f"q.{u}", ("fp32", "int8")) for u in space_units(space)]
+        else:  # one gene: which run of units is INT8
+            genes.append(Gene("q.int8", tuple(int8_choices(space_units(space), cfg.quantize.granularity))))
     return genes
 
 
@@ -59,7 +72,10 @@ def decode_policies(values: dict[str, Any], space: SearchSpace, recipe: Recipe) 
                                 lr=cfg.distill.lr, batch_size=cfg.distill.batch_size)
     quant = QuantPolicy()
     if cfg.quantize.enabled:
-        units = tuple(u for u in space_units(space) if values[f"q.{u}"] == "int8")
+        if cfg.quantize.granularity == "unit":
+            units = tuple(u for u in space_units(space) if values[f"q.{u}"] == "int8")
+        else:
+            units = int8_choices(space_units(space), cfg.quantize.granularity)[values["q.int8"]]
         quant = QuantPolicy(values["q.backend"], units) if units else QuantPolicy()
     return Policies(quant=quant, prune=prune, merge=merge, distill=distill)
 
@@ -83,6 +99,10 @@ def encode_policies(policies: Policies, space: SearchSpace, recipe: Recipe) -> d
         values["q.backend"] = p.quant.backend
     for unit in space_units(space):
         values[f"q.{unit}"] = "int8" if p.quant.enabled and unit in p.quant.int8_units else "fp32"
+    if recipe.search.policies.quantize.granularity != "unit":
+        wanted = tuple(u for u in space_units(space) if p.quant.enabled and u in p.quant.int8_units)
+        choices = int8_choices(space_units(space), recipe.search.policies.quantize.granularity)
+        values["q.int8"] = next((name for name, units in choices.items() if units == wanted), None)
     # A value that is not among a gene's choices (e.g. distillation settings of a policy the recipe does not
     # offer) falls back to the first choice, so the result is always a valid trial.
     return {g.name: values[g.name] if values[g.name] in g.choices else g.choices[0] for g in genes}
