@@ -178,7 +178,8 @@ class ConstraintConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: Literal["nsga2", "tpe", "random", "gp", "predictor"] = "nsga2"
+    # The default is the sampler that won scripts/bench_search.py on a non-saturated task (README).
+    name: Literal["nsga2", "tpe", "random", "gp", "predictor"] = "predictor"
     population_size: int = Field(default=12, ge=2, le=10_000)
     seed: int | None = None
     # predictor (compress.search.predictor_sampler): random trials until `warmup` have finished, then each

@@ -171,10 +171,11 @@ supernet:
   lr: 0.003
   random_subnets: 2
   bn_calibration_batches: 10
+  gradient_projection: true
 
 search:
   n_trials: 60
-  sampler: {{name: nsga2, population_size: 16, seed: 0}}
+  sampler: {{name: predictor, warmup: 16, seed: 0}}
   objectives: [accuracy, latency_ms, size_mb]
 
 target:
