@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import random
 import statistics
 import sys
@@ -61,23 +62,19 @@ def subnets(space, n_random: int, seed: int):
     return unique
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="recipes/mosaic.yaml")
-    parser.add_argument("--run-dir", help="run directory holding the trained supernet (trained if missing)")
-    parser.add_argument("--supernet", help="a trained supernet checkpoint directory to use as it is")
-    parser.add_argument("--random", type=int, default=3, help="random subnets besides the extremes")
-    parser.add_argument("--backend", default="ort-static")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--per-round", type=int, default=30)
-    args = parser.parse_args(argv)
-    try:
-        recipe_path = resolve_task(args.recipe, "--recipe")
-    except CompressError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def front_kinds(rows: list[dict]) -> dict[str, int]:
+    """How many subsets of each kind are on the subnet's own front of (latency, size, accuracy): a subset no
+    other subset beats on all three. A mixed subset there is a trade-off only per-unit choices can offer."""
+    def beaten(a, b):
+        no_worse = b["median_ms"] <= a["median_ms"] and b["size_kb"] <= a["size_kb"] and b["accuracy"] >= a["accuracy"]
+        better = b["median_ms"] < a["median_ms"] or b["size_kb"] < a["size_kb"] or b["accuracy"] > a["accuracy"]
+        return no_worse and better
 
-    loaded, _checkpoint, context = trained_context(str(recipe_path), args.run_dir, args.supernet)
+    front = [r for r in rows if not any(beaten(r, o) for o in rows)]
+    return {k: sum(1 for r in front if r["kind"] == k) for k in ("uniform", "contiguous", "fragmented")}
+
+
+def measure(args, loaded, context) -> list[dict]:
     space = context.supernet.space
     units = space_units(space)
     masks = list(itertools.product((False, True), repeat=len(units)))
@@ -102,24 +99,31 @@ def main(argv: list[str] | None = None) -> int:
                          "ratio_vs_best_uniform": statistics.median(ratios),
                          "ratio_min": min(ratios), "ratio_max": max(ratios),
                          "size_kb": len(built[m].deployable.deployed_bytes()) / 1e3,
-                         "accuracy": accuracy(built[m].deployable.runner(threads=2), context.data.val)})
+                         "accuracy": accuracy(built[m].deployable.runner(threads=1), context.data.val)})
         fp32_ms, int8_ms = statistics.median(medians[fp32]), statistics.median(medians[int8])
         results.append({"subnet": name, "arch": arch.describe(), "units": units, "fp32_ms": fp32_ms,
                         "int8_ms": int8_ms, "rows": rows})
         best = min((r for r in rows if r["kind"] != "uniform"), key=lambda r: r["ratio_vs_best_uniform"])
         print(f"{name}: fp32 {fp32_ms:.3f} ms, INT8 {int8_ms:.3f} ms, best mixed {best['mask']} "
               f"{best['ratio_vs_best_uniform']:.3f}x of the better uniform", flush=True)
+    return results
 
-    md = [f"## INT8 granularity on `{loaded.name}`: every fp32/INT8 subset of {len(units)} units "
-          f"({', '.join(units)}), backend {args.backend}", "",
-          f"Latency: ONNX Runtime, {loaded.recipe.target.threads} thread, batch {shape[0]}, the {len(masks)} subsets "
-          f"of one subnet timed in turn, {args.rounds} rounds of {args.per_round} runs; ratio = median over rounds of "
+
+def render(results: list[dict], name: str, backend: str, threads: int, rounds: int, per_round: int) -> str:
+    units = results[0]["units"]
+    md = [f"## INT8 granularity on `{name}`: every fp32/INT8 subset of {len(units)} units "
+          f"({', '.join(units)}), backend {backend}", "",
+          f"Latency: ONNX Runtime, {threads} thread, batch 1, the {2 ** len(units)} subsets "
+          f"of one subnet timed in turn, {rounds} rounds of {per_round} runs; ratio = median over rounds of "
           "(subset's median / the faster of all-fp32 and all-INT8 in that round); below 1.00x the mixed subset "
-          "beats both uniform choices. A mask lists the units in order, `8` INT8, `f` fp32.", "",
+          "beats both uniform choices. A mask lists the units in order, `8` INT8, `f` fp32. On the front: the "
+          "subsets of that subnet no other subset beats on latency, size and val accuracy together.", "",
           "| subnet | all fp32 | all INT8 | best contiguous (ratio, min-max over rounds) | best fragmented | "
-          "median contiguous | median fragmented | mixed subsets slower than both uniform |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "median contiguous | median fragmented | mixed subsets slower than both uniform | on the front: "
+          "uniform / contiguous / fragmented |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     summary = {"contiguous": [], "fragmented": []}
+    on_front = {"uniform": 0, "contiguous": 0, "fragmented": 0}
     for res in results:
         cells = []
         for kind in ("contiguous", "fragmented"):
@@ -133,18 +137,59 @@ def main(argv: list[str] | None = None) -> int:
         mixed = [r for r in res["rows"] if r["kind"] != "uniform"]
         slower = sum(1 for r in mixed if r["ratio_vs_best_uniform"] > 1 and r["median_ms"] > max(res["fp32_ms"],
                                                                                                    res["int8_ms"]))
+        kinds = front_kinds(res["rows"])
+        for k, v in kinds.items():
+            on_front[k] += v
         md.append(f"| {res['subnet']} | {res['fp32_ms']:.3f} ms | {res['int8_ms']:.3f} ms | {cells[0]} | {cells[1]} | "
-                  f"{med['contiguous']:.3f}x | {med['fragmented']:.3f}x | {slower}/{len(mixed)} |")
+                  f"{med['contiguous']:.3f}x | {med['fragmented']:.3f}x | {slower}/{len(mixed)} | "
+                  f"{kinds['uniform']} / {kinds['contiguous']} / {kinds['fragmented']} |")
     beats = {k: sum(1 for v in vs if v < 0.97) for k, vs in summary.items()}
     md += ["", f"Mixed subsets more than 3% faster than the better uniform choice: contiguous {beats['contiguous']}"
-           f"/{len(summary['contiguous'])}, fragmented {beats['fragmented']}/{len(summary['fragmented'])}.", "",
-           "Architectures: " + "; ".join(f"{r['subnet']} `{r['arch']}`" for r in results) + ".", ""]
-    out = f"int8_granularity_{loaded.name}"
-    plot_path = plot(results, RESULTS / f"{out}.png")
-    md += [f"Plot: `{plot_path.name}`.", ""]
-    write_results(out, {"recipe": str(recipe_path), "backend": args.backend, "units": units,
-                                       "results": results, "faster_than_uniform_3pct": beats,
-                                       "environment": environment()}, "\n".join(md) + "\n")
+           f"/{len(summary['contiguous'])}, fragmented {beats['fragmented']}/{len(summary['fragmented'])}. "
+           f"On the subnets' latency-size-accuracy fronts: {on_front['uniform']} uniform, {on_front['contiguous']} "
+           f"contiguous and {on_front['fragmented']} fragmented subsets.", "",
+           "Architectures: " + "; ".join(f"{r['subnet']} `{r['arch']}`" for r in results) + ".", "",
+           f"Plot: `int8_granularity_{name}.png`.", ""]
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/mosaic.yaml")
+    parser.add_argument("--run-dir", help="run directory holding the trained supernet (trained if missing)")
+    parser.add_argument("--supernet", help="a trained supernet checkpoint directory to use as it is")
+    parser.add_argument("--random", type=int, default=3, help="random subnets besides the extremes")
+    parser.add_argument("--backend", default="ort-static")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=30)
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: write the report and plot again from the task's saved JSON")
+    args = parser.parse_args(argv)
+    try:
+        recipe_path = resolve_task(args.recipe, "--recipe")
+        if args.render:
+            from compress.recipe import load_recipe
+
+            name = load_recipe(recipe_path).name
+            saved = json.loads((RESULTS / f"int8_granularity_{name}.json").read_text())
+    except (CompressError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.render:
+        results, env = saved["results"], saved["environment"]
+        args.backend, args.rounds, args.per_round = saved["backend"], saved["rounds"], saved["per_round"]
+        threads = saved["threads"]
+    else:
+        loaded, _checkpoint, context = trained_context(str(recipe_path), args.run_dir, args.supernet)
+        name, threads, env = loaded.name, loaded.recipe.target.threads, environment()
+        results = measure(args, loaded, context)
+    out = f"int8_granularity_{name}"
+    plot(results, RESULTS / f"{out}.png")
+    write_results(out, {"recipe": str(recipe_path), "backend": args.backend, "threads": threads,
+                        "rounds": args.rounds, "per_round": args.per_round, "units": results[0]["units"],
+                        "results": results, "environment": env},
+                  render(results, name, args.backend, threads, args.rounds, args.per_round))
     return 0
 
 
