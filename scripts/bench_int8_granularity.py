@@ -24,7 +24,8 @@ import random
 import statistics
 import sys
 
-from benchlib import RESULTS, environment, interleaved_latency, resolve_task, trained_context, write_results
+from benchlib import (RESULTS, environment, interleaved_latency, resolve_task, save_figure, trained_context,
+                      write_results)
 
 from compress.errors import CompressError
 from compress.measure.accuracy import accuracy
@@ -211,10 +212,7 @@ def plot(results: list[dict], path):
     ax.set_xticks(range(len(results)), [r["subnet"] for r in results], rotation=30, ha="right")
     ax.set_ylabel("latency / better uniform choice")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 from benchlib import RESULTS, ROOT, ResultCache, environment, noise_ceiling, rank_statistics, resolve_task, \
-    source_hash, top_overlap, write_results
+    save_figure, source_hash, top_overlap, write_results
 
 from compress.errors import CompressError
 from compress.measure.accuracy import accuracy
@@ -431,11 +431,7 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
     ax.set_ylabel("inherited val accuracy (%)")
     ax.set_title(title)
     ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

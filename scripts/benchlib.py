@@ -95,6 +95,17 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     print(f"written: {RESULTS / name}.json, {RESULTS / name}.md")
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write and close a benchmark's matplotlib figure (closed: a long run draws many)."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def environment() -> dict:
     from compress.provenance import machine, package_versions
 
