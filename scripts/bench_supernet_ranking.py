@@ -22,6 +22,7 @@ truth, and an interrupted run resumes where it stopped.
     python scripts/bench_supernet_ranking.py --task mosaic                       # recipes/mosaic.yaml
     python scripts/make_photo_task.py && python scripts/bench_supernet_ranking.py --task data/photo-patches
     python scripts/bench_supernet_ranking.py --task mosaic --archs 8 --noise-archs 2 --epochs 4   # quick look
+    python scripts/bench_supernet_ranking.py --task mosaic --jobs 2     # stand-alone trainings on two cores
     python scripts/bench_supernet_ranking.py --task mosaic --ablation baseline=runs/a/supernet \\
         --ablation few-shot=runs/b/supernet                                     # one row per training option
 
@@ -186,6 +187,63 @@ class GroundTruth:
         return acc, seconds, False
 
 
+# Stand-alone trainings are independent, so ``--jobs N`` trains the missing ones in N worker processes (one
+# thread each, so N of them fill N cores without oversubscribing them). Each worker loads the task and the
+# checkpoint itself and writes to the shared cache, which takes concurrent writers; the ordinary sequential
+# pass then finds every result there.
+_worker_truth: GroundTruth | None = None
+
+
+def _init_worker(recipe_path: str, epochs: int | None, checkpoint_dir: str) -> None:
+    global _worker_truth
+    torch.set_num_threads(1)
+    from compress.search.loop import load_context
+    from compress.supernet.checkpoint import load_supernet
+
+    loaded = with_epochs(load_recipe(recipe_path), epochs)
+    checkpoint = load_supernet(Path(checkpoint_dir))
+    # On the checkpoint's own space, as run_ablation measures it (an option may live in the space).
+    own = LoadedRecipe(loaded.recipe, loaded.path, loaded.space_path, checkpoint.space, loaded.data_path)
+    _worker_truth = GroundTruth(loaded, load_context(own, checkpoint).data, checkpoint.supernet, ResultCache(CACHE))
+
+
+def _train_in_worker(arch: dict, seed: int) -> tuple[str, int, float, float, bool]:
+    # The architecture travels as its dict: StageArch's attribute fallback does not survive unpickling.
+    arch = Arch.from_dict(arch)
+    acc, seconds, hit = _worker_truth(arch, seed)
+    return arch.describe(), seed, acc, seconds, hit
+
+
+def prefetch(truth: GroundTruth, wanted: list[tuple[Arch, int, int]], jobs: int, recipe_path: Path,
+             epochs: int | None, checkpoint_dir: Path) -> None:
+    """Train the uncached ``(arch, macs, seed)`` of ``wanted`` in ``jobs`` processes, largest first (so the
+    last to finish are short ones and no worker idles long at the end)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    missing = sorted(((a, m, s) for a, m, s in wanted if truth.cache.get(truth.key(a, s)) is None),
+                     key=lambda t: -t[1])
+    if jobs <= 1 or not missing:
+        return
+    print(f"training {len(missing)} stand-alone models in {jobs} processes", flush=True)
+    # spawn, not fork: a forked child of a process that has run PyTorch's thread pool can hang.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(str(recipe_path), epochs, str(checkpoint_dir))) as pool:
+        futures = [pool.submit(_train_in_worker, a.to_dict(), s) for a, _, s in missing]
+        for done, future in enumerate(as_completed(futures), 1):
+            name, seed, acc, seconds, _ = future.result()
+            print(f"[stand-alone {done}/{len(missing)}] seed {seed} {name}: {acc:.4f} ({seconds:.0f}s)", flush=True)
+
+
+def noise_picks(n_archs: int, n_noise: int) -> list[int]:
+    """Indices (into the MAC-sorted architectures) trained again with another seed: spread over MACs, since
+    the seed noise of small and large models differs."""
+    n_noise = min(n_noise, n_archs)
+    if n_noise == 1:
+        return [n_archs // 2]
+    return [round(j * (n_archs - 1) / (n_noise - 1)) for j in range(n_noise)]
+
+
 # --------------------------------------------------------------------------------------------------
 # Measuring one supernet
 
@@ -251,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="random architectures per family combination to pick the MAC quantiles from")
     parser.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT_DIR",
                         help="rank several trained supernets (one per training option) on the same architectures")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train the missing stand-alone models in this many processes, one thread each")
     args = parser.parse_args(argv)
-    for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1)):
+    for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1), ("jobs", 1)):
         value = getattr(args, field)
         if value is not None and value < least:
             print(f"error: --{field.replace('_', '-')} is too small: {value}", file=sys.stderr)
@@ -292,13 +352,15 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
     archs = spread_architectures(loaded.space, checkpoint.supernet, args.archs, shape, seed=recipe.seed,
                                          pool_size=args.pool)
     truth = GroundTruth(loaded, data, checkpoint.supernet, ResultCache(CACHE))
+    picks = noise_picks(len(archs), args.noise_archs)
+    prefetch(truth, [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1) for i in picks],
+             args.jobs, loaded.path, args.epochs, checkpoint.path)
     rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed)
 
     noise = []
-    n_noise = min(args.noise_archs, len(rows))
-    for j in range(n_noise):  # spread over MACs: the seed noise of small and large models differs
-        r = rows[round(j * (len(rows) - 1) / max(1, n_noise - 1))] if n_noise > 1 else rows[len(rows) // 2]
-        arch = next(a for a, _ in archs if a.describe() == r["arch"])
+    n_noise = len(picks)
+    for j, i in enumerate(picks):
+        r, arch = rows[i], archs[i][0]
         again, seconds, hit = truth(arch, recipe.seed + 1)
         noise.append({"arch": r["arch"], "seed": recipe.seed + 1, "standalone": again, "train_seconds": seconds,
                       "first_seed": r["standalone"], "change": again - r["standalone"]})
@@ -381,6 +443,7 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
             checkpoint.space.check(arch)
         # Stand-alone ground truth of this supernet's models (shared through the cache where they are equal).
         truth = GroundTruth(loaded, context.data, checkpoint.supernet, cache)
+        prefetch(truth, [(a, m, recipe.seed) for a, m in archs], args.jobs, loaded.path, args.epochs, path)
         rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, label=f"{name} ")
         meta = checkpoint.meta
         if meta.get("epochs") != cfg.epochs:

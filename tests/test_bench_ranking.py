@@ -183,3 +183,15 @@ def test_ground_truth_is_keyed_by_the_model_not_only_the_architecture(space, tmp
     assert truths["plain"].key(attn, 0) != truths["regroup"].key(attn, 0)
     assert truths["plain"].key(conv, 0) == truths["regroup"].key(conv, 0)  # no attention: the same model
     assert truths["plain"].key(attn, 0) != truths["plain"].key(attn, 1)
+
+
+def test_noise_picks_spread_over_the_mac_sorted_architectures():
+    assert bench.noise_picks(24, 6) == [0, 5, 9, 14, 18, 23]  # both ends, evenly between
+    assert bench.noise_picks(24, 1) == [12]
+    assert bench.noise_picks(24, 0) == []
+    assert bench.noise_picks(3, 6) == [0, 1, 2]  # never more than there are
+
+
+def test_bad_jobs_exit_2(capsys):
+    assert bench.main(["--jobs", "0"]) == 2
+    assert "--jobs" in capsys.readouterr().err
