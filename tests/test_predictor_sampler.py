@@ -11,6 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from compress.errors import RecipeError
+from compress.policies.quantize import weight_kind
 from compress.recipe import load_recipe
 from compress.search.features import CandidateFeatures, ModelIO
 from compress.search.hypervolume import hypervolume
@@ -77,6 +78,36 @@ def test_feature_macs_and_params_equal_those_of_the_extracted_subnet(tiny_space,
         assert cost.total_macs == count_macs(model, torch.zeros(1, 3, 16, 16))
         assert cost.total_params == sum(p.numel() for p in model.parameters())
         assert cost.tokens == (64, 16, 16)  # stem stride 2, then strides 1, 2, 1 on 16x16
+        units = {"stem": model.stem, **{f"stages.{i}": st for i, st in enumerate(model.stages)},
+                 "classifier": model.classifier}
+        for unit, module in units.items():  # the weights a backend may quantize, per kind of layer
+            kinds = {}
+            for m in module.modules():
+                if weight_kind(m):
+                    kinds[weight_kind(m)] = kinds.get(weight_kind(m), 0) + m.weight.numel()
+            assert {k: n for k, n in cost.weights[unit].items() if n} == kinds, unit
+
+
+def test_size_estimate_counts_only_what_the_backend_quantizes(every_policy):
+    from compress.policies import Policies
+    from compress.policies.quantize import QuantPolicy
+
+    features = CandidateFeatures(every_policy.space, every_policy.recipe, ModelIO(3, 16, 5))
+    arch, size = every_policy.space.largest(), features.names.index("size_mb_est")
+    cost = features.costs(arch)
+    assert cost.weights["stem"].get("conv") and not cost.weights["stem"].get("linear")
+
+    def estimate(backend, units):
+        return features.of(arch, Policies(quant=QuantPolicy(backend, tuple(units))))[size]
+
+    fp32 = estimate("none", ())
+    assert fp32 == pytest.approx(4 * cost.total_params / 1e6)
+    # ONNX Runtime's dynamic quantization leaves convolutions fp32: an INT8 stem stores what an fp32 one does.
+    assert estimate("ort-dynamic", ["stem"]) == pytest.approx(fp32)
+    assert estimate("ort-static", ["stem"]) == pytest.approx(fp32 - 3 * cost.weights["stem"]["conv"] / 1e6)
+    linear = cost.weights["classifier"]["linear"]
+    assert estimate("ort-dynamic", ["classifier"]) == pytest.approx(fp32 - 3 * linear / 1e6)
+    assert estimate("bnb-nf4", ["classifier"]) == pytest.approx(fp32 - 3.5 * linear / 1e6)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,6 +37,20 @@ logger = logging.getLogger(__name__)
 
 ORT_BACKENDS = ("ort-static", "ort-dynamic")
 BNB_BACKENDS = ("bnb-int8", "bnb-nf4")
+# The kinds of layer (:func:`weight_kind`) whose weights each backend stores quantized, and the bytes such a
+# weight then takes; every other weight stays fp32 (4 bytes). The search's size estimate reads this too.
+QUANTIZED_KINDS = {"ort-dynamic": ("linear",), "ort-static": ("linear", "conv"), "bnb-int8": ("linear",),
+                   "bnb-nf4": ("linear",)}
+QUANTIZED_BYTES = {"ort-dynamic": 1.0, "ort-static": 1.0, "bnb-int8": 1.0, "bnb-nf4": 0.5}
+
+
+def weight_kind(module: nn.Module) -> str | None:
+    """``linear``, ``conv`` (dense), ``dwconv`` (grouped or depthwise), or None for a layer with no such weight."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "dwconv" if module.groups > 1 else "conv"
+    return None
 
 
 @dataclass(frozen=True)
@@ -126,8 +140,7 @@ def weight_refs(proto: onnx.ModelProto, model: nn.Module) -> list[WeightRef]:
                 layout = "matmul"
             refs.append(WeightRef(path, node.input[1], layout, "linear", node.name))
         elif isinstance(module, nn.Conv2d):
-            kind = "dwconv" if module.groups > 1 else "conv"
-            refs.append(WeightRef(path, node.input[1], "conv", kind, node.name))
+            refs.append(WeightRef(path, node.input[1], "conv", weight_kind(module), node.name))
     return refs
 
 
@@ -170,8 +183,7 @@ def quantize_onnx(proto: onnx.ModelProto, model: nn.Module, policy: QuantPolicy,
 
     refs = weight_refs(proto, model)
     units = set(policy.int8_units)
-    kinds = {"linear"} if policy.backend == "ort-dynamic" else {"linear", "conv"}
-    chosen = [r for r in refs if r.kind in kinds
+    chosen = [r for r in refs if r.kind in QUANTIZED_KINDS[policy.backend]
               and (layer_filter(r.module) if layer_filter is not None else unit_of(r.module) in units)]
     if not chosen:
         return proto, {}
@@ -291,7 +303,8 @@ def quantize_torch(model: nn.Module, policy: QuantPolicy, device: str = "cpu",
     units = set(policy.int8_units)
     for path, module in list(model.named_modules()):
         chosen = layer_filter(path) if layer_filter is not None else unit_of(path) in units
-        if isinstance(module, nn.Linear) and chosen and bnb_supports(module, policy.backend, device):
+        quantizable = weight_kind(module) in QUANTIZED_KINDS[policy.backend]
+        if quantizable and chosen and bnb_supports(module, policy.backend, device):
             model.set_submodule(path, to_bnb_linear(module, policy.backend, device))
     return model
 

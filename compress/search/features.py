@@ -18,8 +18,10 @@ The vector, by name:
   total, as log10), tokens per stage, tokens left in the last stage after merging, and estimates that fold
   in the policies: MACs and parameters after pruning (a stage pruned by r keeps about (1 - r)^2 of its
   multiply-accumulates and weights, its inputs and outputs both shrinking) and the deployed size in MB
-  (4 bytes per fp32 weight, 1 per INT8 weight). The estimates are features, not predictions: the regressors
-  learn how far to trust them.
+  (4 bytes per parameter, except the weights the chosen backend stores quantized: those of the layer kinds it
+  quantizes, :data:`~compress.policies.quantize.QUANTIZED_KINDS`, in the INT8 units), with the share of
+  parameters stored quantized. The estimates are features, not predictions: the regressors learn how far to
+  trust them.
 
 MACs and parameters come from :func:`compress.measure.macs.count_macs` on real modules, but never of a whole
 candidate (a few milliseconds each, too slow for the thousands the sampler scores per trial): a subnet's cost
@@ -41,6 +43,7 @@ from torch import nn
 from compress.measure.macs import count_macs
 from compress.nn.net import HybridNet
 from compress.policies import Policies
+from compress.policies.quantize import QUANTIZED_BYTES, QUANTIZED_KINDS, weight_kind
 from compress.recipe import LoadedRecipe, Recipe
 from compress.registry import get_family
 from compress.search.study import STUDY_ATTR_MODEL_IO
@@ -77,11 +80,14 @@ class ModelIO:
 @dataclass(frozen=True)
 class SubnetCost:
     """Float, unpruned, unmerged cost of one subnet, per quantization unit (``stem``, ``stages.i``,
-    ``classifier``), and the token grid of each stage."""
+    ``classifier``), and the token grid of each stage; ``weights`` splits a unit's parameters by the kind of
+    layer holding them (:func:`~compress.policies.quantize.weight_kind`), which decides what a backend
+    quantizes."""
 
     macs: dict[str, int]
     params: dict[str, int]
     tokens: tuple[int, ...]
+    weights: dict[str, dict[str, int]]
 
     @property
     def total_macs(self) -> int:
@@ -101,22 +107,24 @@ class SubnetCosts:
         with torch.random.fork_rng():
             self.supernet = HybridSupernet(space, io.channels, io.num_classes, [0.0] * io.channels,
                                            [1.0] * io.channels)
-        self._skeletons: dict[tuple, tuple[dict, dict, tuple]] = {}
-        self._blocks: dict[tuple, tuple[int, int]] = {}
+        self._skeletons: dict[tuple, tuple[dict, dict, tuple, dict]] = {}
+        self._blocks: dict[tuple, tuple[int, int, dict]] = {}
 
     def __call__(self, arch: Arch) -> SubnetCost:
         stages = [stage.static_config(a) for stage, a in zip(self.supernet.stages, arch.stages)]
-        macs, params, grids = self._skeleton(arch, stages)
-        macs, params = dict(macs), dict(params)
+        macs, params, grids, weights = self._skeleton(arch, stages)
+        macs, params, weights = dict(macs), dict(params), {u: dict(w) for u, w in weights.items()}
         last = len(stages) - 1
         for i, stage in enumerate(stages):
             for block in stage["blocks"]:
-                m, p = self._block(stage, block, grids[i], pool=i == last)
+                m, p, w = self._block(stage, block, grids[i], pool=i == last)
                 macs[f"stages.{i}"] += m
                 params[f"stages.{i}"] += p
-        return SubnetCost(macs, params, tuple(h * w for h, w in grids))
+                for kind, n in w.items():
+                    weights[f"stages.{i}"][kind] = weights[f"stages.{i}"].get(kind, 0) + n
+        return SubnetCost(macs, params, tuple(h * w for h, w in grids), weights)
 
-    def _skeleton(self, arch: Arch, stages: list[dict]) -> tuple[dict, dict, tuple]:
+    def _skeleton(self, arch: Arch, stages: list[dict]) -> tuple[dict, dict, tuple, dict]:
         """Stem, stages without blocks, classifier: per-unit MACs and parameters, and each stage's grid."""
         key = (arch.stem_width, *((s["type"], s["out"], s["stride"]) for s in stages))
         if key not in self._skeletons:
@@ -141,10 +149,11 @@ class SubnetCosts:
                 for h in hooks:
                     h.remove()
             macs = {name: count_macs(m, inputs[name]) for name, m in units.items()}
-            self._skeletons[key] = (macs, {name: _numel(m) for name, m in units.items()}, tuple(grids))
+            self._skeletons[key] = (macs, {name: _numel(m) for name, m in units.items()}, tuple(grids),
+                                    {name: _weights(m) for name, m in units.items()})
         return self._skeletons[key]
 
-    def _block(self, stage: dict, block: dict, grid: tuple[int, int], pool: bool) -> tuple[int, int]:
+    def _block(self, stage: dict, block: dict, grid: tuple[int, int], pool: bool) -> tuple[int, int, dict]:
         """One block's MACs and parameters: a one-block stage minus the same stage without it, at the grid
         the stage's blocks see (its down-sampling convolution then runs width -> width at stride 1)."""
         key = (stage["type"], stage["out"], tuple(sorted(block.items())), grid, pool)
@@ -155,12 +164,24 @@ class SubnetCosts:
                 one = family.static_stage(width, width, 1, [block], pool)
                 none = family.static_stage(width, width, 1, [block], pool)
             none.blocks = nn.ModuleList()
-            self._blocks[key] = (count_macs(one, x) - count_macs(none, x), _numel(one) - _numel(none))
+            rest = _weights(none)
+            self._blocks[key] = (count_macs(one, x) - count_macs(none, x), _numel(one) - _numel(none),
+                                 {k: n - rest.get(k, 0) for k, n in _weights(one).items()})
         return self._blocks[key]
 
 
 def _numel(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _weights(module: nn.Module) -> dict[str, int]:
+    """Weight elements (biases excluded: they stay fp32) per kind of layer under ``module``."""
+    out: dict[str, int] = {}
+    for m in module.modules():
+        kind = weight_kind(m)
+        if kind is not None:
+            out[kind] = out.get(kind, 0) + m.weight.numel()
+    return out
 
 
 def _log10(x: float) -> float:
@@ -243,8 +264,13 @@ class CandidateFeatures:
         out += [_log10(cost.macs[u]) for u in self.units] + [_log10(cost.params[u]) for u in self.units]
         keep = {u: (1 - ratios[u]) ** 2 for u in self.units}
         params_left = {u: cost.params[u] * keep[u] for u in self.units}
-        size_mb = sum(params_left[u] * (1 if int8[u] else 4) for u in self.units) / 1e6
-        share = sum(params_left[u] for u in self.units if int8[u]) / max(1.0, sum(params_left.values()))
+        # Stored quantized: the weights of the kinds the backend quantizes, in the INT8 units only (ort-dynamic
+        # leaves convolutions fp32, so an INT8 convolutional stage keeps its size); everything else is fp32.
+        quantized = {u: keep[u] * sum(cost.weights[u].get(k, 0) for k in QUANTIZED_KINDS[q.backend])
+                     if int8[u] else 0.0 for u in self.units}
+        saved = 4 - QUANTIZED_BYTES[q.backend] if q.enabled else 0.0
+        size_mb = sum(4 * params_left[u] - saved * quantized[u] for u in self.units) / 1e6
+        share = sum(quantized.values()) / max(1.0, sum(params_left.values()))
         out += [_log10(cost.total_macs), _log10(cost.total_params),
                 _log10(sum(cost.macs[u] * keep[u] for u in self.units)), _log10(sum(params_left.values())),
                 size_mb, share]
