@@ -7,6 +7,7 @@ out-of-range values and missing files are refused with a message naming the file
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -42,6 +43,9 @@ QUANT_BACKENDS = {
 PRUNE_IMPORTANCE = ("magnitude", "taylor")
 # Latency on a further device of target.devices: "latency_ms@board" (one objective per device).
 PER_DEVICE_METRICS = ("latency_ms", "latency_p90_ms")
+# Fields added to a part of the study fingerprint (LoadedRecipe.study_fingerprint) after studies had stored
+# theirs, by (part, section..., field), with the value that keeps the earlier behaviour.
+LATER_FIELDS: dict[tuple[str, ...], Any] = {("policies", "quantize", "granularity"): "unit"}
 _DEVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 
 
@@ -477,12 +481,17 @@ class LoadedRecipe:
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def study_fingerprint(self) -> dict[str, str]:
+    def study_fingerprint(self, later_fields: bool = False) -> dict[str, str]:
         """Hashes of what makes two trials comparable, by part, stored on a study when it is created.
 
         A study reopened by a recipe that changed any of these would mix trials measured under other
         settings (latencies at another thread count, choices the sampler has never seen), so it is refused
         naming the parts that changed. Budget, storage, sampler and names are not part of it.
+
+        A field added to one of these parts after studies were stored (:data:`LATER_FIELDS`) is left out while
+        it holds the value that keeps the earlier behaviour, so upgrading compress does not refuse to resume a
+        study whose recipe did not change; ``later_fields=True`` keeps it in, the fingerprint that studies
+        created in between stored.
         """
         r = self.recipe
         data = r.data.model_dump(mode="json")
@@ -496,6 +505,11 @@ class LoadedRecipe:
             "constraints": [c.model_dump(mode="json") for c in r.search.constraints],
             "calibration": {"bn_calibration_batches": r.supernet.bn_calibration_batches},
         }
+        if not later_fields:
+            for (part, *path, name), neutral in LATER_FIELDS.items():
+                section = functools.reduce(lambda d, key: d.get(key, {}), path, parts[part])
+                if section.get(name, neutral) == neutral:
+                    section.pop(name, None)
         return {name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
                 for name, value in parts.items()}
 

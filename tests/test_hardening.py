@@ -463,3 +463,28 @@ def test_an_interrupted_artifact_write_leaves_no_staging_dir(artifact, tmp_path,
     out = tmp_path / "out"
     assert cli_module.main(["export", str(run_dir), "--trial", trial, "--out", str(out)]) == 130
     assert not [p for p in out.iterdir() if p.suffix == ".tmp" or p.name.startswith("trial-")]
+
+
+def test_a_field_added_later_at_its_neutral_value_does_not_block_resuming(tmp_path):
+    """A study stored before ``quantize.granularity`` existed (its fingerprint had no such field) and one stored
+    while the fingerprint still held it at ``unit`` both resume; choosing another granularity is refused."""
+    import optuna
+
+    from compress.errors import StorageError
+    from compress.recipe import load_recipe
+    from compress.search.loop import preflight
+    from compress.search.study import STUDY_ATTR_FINGERPRINT
+
+    loaded = load_recipe(tiny_recipe(tmp_path))
+    run_dir = loaded.run_dir()
+    preflight(loaded, run_dir, None, None)
+    study = optuna.load_study(study_name=loaded.name, storage=f"sqlite:///{run_dir / 'study.db'}")
+    policies = loaded.recipe.search.policies.model_dump(mode="json")
+    assert policies["quantize"]["granularity"] == "unit"
+    for stored in (loaded.study_fingerprint(), loaded.study_fingerprint(later_fields=True)):
+        study.set_user_attr(STUDY_ATTR_FINGERPRINT, stored)
+        preflight(load_recipe(tiny_recipe(tmp_path)), run_dir, None, None)  # resumes
+    assert loaded.study_fingerprint() != loaded.study_fingerprint(later_fields=True)
+    edited = tiny_recipe(tmp_path, search={"policies": {"quantize": {"granularity": "uniform"}}})
+    with pytest.raises(StorageError, match="changed since it was created: policies"):
+        preflight(load_recipe(edited), run_dir, None, None)

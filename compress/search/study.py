@@ -224,7 +224,11 @@ def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str
             "are left untouched. Use another --study name."
         )
     stored_print = _wait_for_attr(study, STUDY_ATTR_FINGERPRINT, seconds=0) or {}  # none on older studies
-    changed = [part for part, value in loaded.study_fingerprint().items() if stored_print.get(part, value) != value]
+    # Either form matches: without later fields at their neutral value (how it is stored now) or with them (how
+    # studies created before that rule stored it).
+    current, with_later = loaded.study_fingerprint(), loaded.study_fingerprint(later_fields=True)
+    changed = [part for part, value in current.items()
+               if stored_print.get(part, value) not in (value, with_later[part])]
     if changed:
         raise StorageError(
             f"study {study_name!r}: the recipe changed since it was created: {', '.join(changed)}; new trials would not be comparable with its {len(study.trials)} trials, which "
