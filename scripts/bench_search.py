@@ -4,19 +4,21 @@ One seed per sampler cannot tell samplers apart at a budget of tens of trials (t
 from seed to seed than from sampler to sampler), so each sampler runs ``--seeds`` studies. Reports, per
 sampler, the median hypervolume of the fronts (objectives: error = 1 - accuracy, latency, size, each
 normalized by the fp32 largest subnet so the reference point is meaningful) and its ratio to random search's,
-the front size, the search's wall time, and from each study the best point within 0.5 points of the fp32
+the front size, the time spent in its trials, and from each study the best point within 0.5 points of the fp32
 largest subnet's accuracy, as latency and size ratios against the fully-INT8 largest subnet (the SimQ-NAS
 comparison; it reports up to 4.80x and 3.44x).
 
 Then the predictors (compress.search.predictors), measured on the trials the studies produced: every
 regressor kind fitted on 75% of the distinct candidates and on one study's budget (``--trials``), each
 predicting the rest (Kendall tau for accuracy; Kendall, MAPE and the share within +-10% for latency and
-size); and, for the predictor sampler's studies, what the predictors expected of the trials they chose
-against what was measured.
+size; latency as a multiple of each study's reference, see ``relative_latency``), beside the ceiling that
+the measurements' own repeatability sets; and, for the predictor sampler's studies, what the predictors
+expected of the trials they chose against what was measured.
 
     python scripts/bench_search.py --recipe quickstart --trials 60 --seeds 3
     python scripts/bench_search.py --recipe mosaic --samplers random,nsga2,predictor --trials 100
     python scripts/bench_search.py --recipe data/photo-patches --trials 60     # a folder with recipe.yaml
+    python scripts/bench_search.py --recipe mosaic --report-only   # the report again, from the finished studies
 
 ``--recipe`` is a recipe name under recipes/, a recipe file, or a directory holding ``recipe.yaml``. Studies
 are kept in runs/bench-search-<recipe name>/studies.db and resumed when run again (``--fresh`` deletes them).
@@ -29,16 +31,15 @@ import argparse
 import shutil
 import statistics
 import sys
-import time
 
 from benchlib import ROOT, environment, resolve_task, trained_context, write_results
 from optuna.trial import TrialState
 
 from compress.errors import CompressError
-from compress.recipe import LoadedRecipe, SamplerConfig
+from compress.recipe import LoadedRecipe, SamplerConfig, load_recipe
 from compress.search.candidate import CandidateSpec, build_candidate, measure_candidate
 from compress.search.hypervolume import hypervolume
-from compress.search.loop import anchor_reference, run_search
+from compress.search.loop import REFERENCE_ATTR, anchor_reference, run_search
 from compress.search.record import TrialRecord
 
 SAMPLERS = ("random", "nsga2", "tpe", "gp", "predictor")
@@ -59,8 +60,13 @@ def summarize(study) -> dict:
     close = [r.metrics for r in done if r.metrics["accuracy"] >= fp32["accuracy"] - 0.005]
     fastest = min(close, key=lambda m: m["latency_ms"])
     smallest = min(close, key=lambda m: m["size_mb"])
+    every = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # Time spent in the study's trials (sampling included), from their own timestamps: right for a study resumed
+    # or finished in an earlier run too, where a stopwatch around run_search would count only the last part.
+    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in every)
     return {
         "trials": len(done),
+        "seconds": seconds,
         "front": len(study.best_trials),
         "hypervolume": hv,
         "fp32_largest": {k: fp32[k] for k in METRICS},
@@ -99,32 +105,63 @@ def with_sampler(loaded: LoadedRecipe, sampler: SamplerConfig, trials: int) -> L
     return LoadedRecipe(recipe, loaded.path, loaded.space_path, loaded.space, loaded.data_path)
 
 
-def predictor_quality(loaded: LoadedRecipe, studies: list, budget: int) -> dict:
-    """Held-out quality of every regressor kind on the distinct candidates all studies measured."""
+def relative_latency(study, metrics: dict) -> float:
+    """A trial's latency as a multiple of its study's reference (the fp32 largest subnet, timed once when the
+    study was created). Within a study every latency is (candidate/reference ratio) x that one anchor, so the
+    anchor's own noise moves a whole study at once: the same reference timed 0.79-1.57 ms in the 15 photo
+    studies. A predictor fits and predicts within one study, so it is judged on this ratio; pooled raw
+    milliseconds would charge it with the anchors' scatter."""
+    return metrics["latency_ms"] / study.user_attrs[REFERENCE_ATTR]
+
+
+def measured_candidates(loaded: LoadedRecipe, studies: list):
+    """Features and targets of every distinct measured candidate (latency relative to its study's reference),
+    and every measurement of each, for the noise floor."""
     import numpy as np
 
     from compress.search.features import CandidateFeatures, ModelIO
-    from compress.search.predictors import KINDS, evaluate_predictors
 
     features = CandidateFeatures(loaded.space, loaded.recipe, ModelIO.of_study(studies[0], loaded.recipe))
-    rows, targets, seen = [], {m: [] for m in METRICS}, set()
+    rows, targets, repeats = [], {m: [] for m in METRICS}, {}
     for study in studies:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             metrics = TrialRecord.from_trial(trial).metrics
-            x = features(trial.params)
-            if not metrics or x.tobytes() in seen:  # baselines and repeats: one row per distinct candidate
+            if not metrics:
                 continue
-            seen.add(x.tobytes())
+            metrics = {**metrics, "latency_ms": relative_latency(study, metrics)}
+            x = features(trial.params)
+            key = x.tobytes()
+            repeats.setdefault(key, []).append(metrics["latency_ms"])
+            if len(repeats[key]) > 1:  # baselines and repeats: one row per distinct candidate
+                continue
             rows.append(x)
             for m in METRICS:
                 targets[m].append(metrics[m])
-    X = np.stack(rows)
-    y = {m: np.array(v) for m, v in targets.items()}
-    out = {"candidates": len(rows), "budget": budget, "kinds": {}}
+    return np.stack(rows), {m: np.array(v) for m, v in targets.items()}, list(repeats.values())
+
+
+def latency_noise(repeats: list[list[float]]) -> dict:
+    """How well a candidate's own other measurements (in other studies, relative to their references) predict
+    it: the share within +-10% of their median. No predictor can do better than the measurement repeats."""
+    import numpy as np
+
+    rel = [abs(v - np.median(vs)) / np.median(vs) for vs in repeats if len(vs) > 1 for v in vs]
+    return {"candidates": sum(len(vs) > 1 for vs in repeats), "measurements": len(rel),
+            "within_10": float(np.mean([r <= 0.10 for r in rel])) if rel else None,
+            "median_deviation": float(np.median(rel)) if rel else None}
+
+
+def predictor_quality(loaded: LoadedRecipe, studies: list, budget: int) -> dict:
+    """Held-out quality of every regressor kind on the distinct candidates all studies measured."""
+    from compress.search.predictors import KINDS, evaluate_predictors
+
+    X, y, repeats = measured_candidates(loaded, studies)
+    out = {"candidates": len(X), "budget": budget, "latency": "relative to the study's reference",
+           "noise": latency_noise(repeats), "kinds": {}}
     for kind in KINDS:
         out["kinds"][kind] = {}
-        for label, holdout in (("75%", 0.25), ("budget", 1 - budget / len(rows))):
-            if holdout <= 0 or len(rows) - round(holdout * len(rows)) < 8:
+        for label, holdout in (("75%", 0.25), ("budget", 1 - budget / len(X))):
+            if holdout <= 0 or len(X) - round(holdout * len(X)) < 8:
                 continue
             q = evaluate_predictors(X, y, holdout=holdout, splits=5, kind=kind)
             out["kinds"][kind][label] = {m: v.to_dict() for m, v in q.items()}
@@ -158,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=16, help="predictor sampler: trials before it fits")
     parser.add_argument("--candidates", type=int, default=2000, help="predictor sampler: candidates scored per trial")
     parser.add_argument("--fresh", action="store_true", help="delete earlier benchmark studies instead of resuming them")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no new trials: summarize the finished studies and measure the predictors again")
     args = parser.parse_args(argv)
     samplers = args.samplers.split(",")
     unknown = [s for s in samplers if s not in SAMPLERS]
@@ -171,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    if args.report_only:
+        try:
+            return report_again(load_recipe(recipe_path))
+        except CompressError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     loaded, checkpoint, context = trained_context(str(recipe_path), args.run_dir, args.supernet)
     bench_dir = ROOT / "runs" / f"bench-search-{loaded.name}"
     if args.fresh and bench_dir.exists():
@@ -185,25 +230,69 @@ def main(argv: list[str] | None = None) -> int:
             extra = {"warmup": args.warmup, "candidates": args.candidates} if sampler == "predictor" else {}
             cfg = SamplerConfig(name=sampler, seed=seed, population_size=base.population_size, **extra)
             name = f"{sampler}-seed{seed}"
-            started = time.time()
             study = run_search(with_sampler(loaded, cfg, args.trials), bench_dir / name,
                                storage=f"sqlite:///{bench_dir / 'studies.db'}", study_name=name,
                                supernet_path=checkpoint.path, log=lambda *_: None)
-            results.setdefault(sampler, []).append({**summarize(study), "seconds": time.time() - started})
+            results.setdefault(sampler, []).append(summarize(study))
             studies.setdefault(sampler, []).append(study)
             print(name, results[sampler][-1], flush=True)
             if again is None and sampler == "nsga2":
                 anchor_reference(context, study)
                 again = reproduce(study, context)
     every = [s for runs in studies.values() for s in runs]
-    predictors = predictor_quality(loaded, every, args.trials)
-    online = online_quality(studies.get("predictor", []))
+    payload = {"recipe": str(recipe_path), "task": loaded.name, "trials": args.trials, "seeds": args.seeds,
+               "warmup": args.warmup, "candidates": args.candidates, "results": results,
+               "predictors": predictor_quality(loaded, every, args.trials),
+               "predictor_sampler_online": online_quality(studies.get("predictor", [])), "reproduction": again,
+               "environment": environment()}
+    write_results(results_name(loaded), payload, render(payload))
+    return 0
 
-    md = [f"## Search: {args.trials} trials per study, {args.seeds} seeds per sampler, on `{loaded.name}` "
+
+def results_name(loaded: LoadedRecipe) -> str:
+    # The quickstart's results keep their historical name; other tasks get their own files.
+    return "search" if loaded.name == "quickstart" else f"search_{loaded.name}"
+
+
+def report_again(loaded: LoadedRecipe) -> int:
+    """Summarize again the studies a finished run left, measure the predictors on them again, and rewrite
+    the report (its reproduction figures are kept: those re-time models)."""
+    import json
+
+    import optuna
+
+    from benchlib import RESULTS
+
+    name = results_name(loaded)
+    path = RESULTS / f"{name}.json"
+    storage = f"sqlite:///{ROOT / 'runs' / f'bench-search-{loaded.name}' / 'studies.db'}"
+    if not path.exists():
+        print(f"error: --report-only: no earlier results in {path}", file=sys.stderr)
+        return 2
+    payload = json.loads(path.read_text())
+    try:
+        studies = {sampler: [optuna.load_study(study_name=f"{sampler}-seed{seed}", storage=storage)
+                             for seed in range(len(runs))] for sampler, runs in payload["results"].items()}
+    except KeyError as exc:
+        print(f"error: --report-only: a study of {path} is not in {storage}: {exc}", file=sys.stderr)
+        return 2
+    every = [s for runs in studies.values() for s in runs]
+    payload.update(task=loaded.name, results={k: [summarize(s) for s in v] for k, v in studies.items()},
+                   predictors=predictor_quality(loaded, every, payload["trials"]),
+                   predictor_sampler_online=online_quality(studies.get("predictor", [])))
+    write_results(name, payload, render(payload))
+    return 0
+
+
+def render(payload: dict) -> str:
+    """The markdown report of one run's results (its JSON payload)."""
+    results, predictors = payload["results"], payload["predictors"]
+    online, again = payload["predictor_sampler_online"], payload["reproduction"]
+    md = [f"## Search: {payload['trials']} trials per study, {payload['seeds']} seeds per sampler, on `{payload['task']}` "
           "(objectives accuracy, latency, size)", "",
           "| sampler | hypervolume, median (min-max) | vs random | front size | fastest within 0.5 pt of fp32 "
           "largest: latency vs INT8 largest, median (min-max) | smallest within 0.5 pt: size vs INT8 largest, "
-          "median (min-max) | wall time per study, median |",
+          "median (min-max) | time in trials per study, median |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
 
     def spread(values, fmt):
@@ -232,9 +321,20 @@ def main(argv: list[str] | None = None) -> int:
                       f"{100 * s['accuracy']:.2f}% {1000 * s['size_mb']:.0f} KB ({r['size_ratio_vs_int8_largest']:.2f}x "
                       "smaller) |")
 
+    relative = predictors.get("latency") == "relative to the study's reference"
     md += ["", f"Predictors, held out: the {predictors['candidates']} distinct candidates all studies measured; each "
            "regressor fitted on 75% of them, or on one study's budget of "
-           f"{args.trials}, predicting the rest (5 random splits, averaged).", "",
+           f"{payload['trials']}, predicting the rest (5 random splits, averaged)."
+           + (" Latency is each trial's as a multiple of its own study's reference (what a study's predictor "
+              "sees: the reference is timed once per study, and that anchor alone varied by up to 2x between "
+              "studies)." if relative else "")]
+    noise = predictors.get("noise")
+    if noise and noise["measurements"]:
+        md += [f"Measurement noise, the ceiling for any latency predictor: the {noise['candidates']} candidates "
+               f"measured more than once (in different studies; {noise['measurements']} measurements) lie within "
+               f"+-10% of their own median in {100 * noise['within_10']:.0f}% of the measurements (median deviation "
+               f"{100 * noise['median_deviation']:.1f}%)."]
+    md += ["",
            "| regressor | fitted on | accuracy: Kendall | latency: Kendall, MAPE, within 10% | size: Kendall, MAPE, "
            "within 10% |", "| --- | --- | --- | --- | --- |"]
     for kind, by_label in predictors["kinds"].items():
@@ -271,13 +371,7 @@ def main(argv: list[str] | None = None) -> int:
            f"{first['int8_largest_fastest']['latency_ms']:.3f} ms, smallest {1000 * first['int8_largest_smallest']['size_mb']:.0f} KB.",
            "Hypervolume of (error, latency / fp32 largest, size / fp32 largest) below the reference (1, 1.5, 1.5); "
            "larger is better.", ""]
-    # The quickstart's results keep their historical name; other tasks get their own files.
-    out = "search" if loaded.name == "quickstart" else f"search_{loaded.name}"
-    write_results(out, {"recipe": str(recipe_path), "trials": args.trials, "seeds": args.seeds,
-                        "warmup": args.warmup, "candidates": args.candidates, "results": results,
-                        "predictors": predictors, "predictor_sampler_online": online, "reproduction": again,
-                        "environment": environment()}, "\n".join(md) + "\n")
-    return 0
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":
