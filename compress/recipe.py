@@ -493,6 +493,10 @@ class LoadedRecipe:
         study whose recipe did not change; ``later_fields=True`` keeps it in, the fingerprint that studies
         created in between stored.
         """
+        return self.study_fingerprints()[int(later_fields)]
+
+    def study_fingerprints(self) -> tuple[dict[str, str], dict[str, str]]:
+        """:meth:`study_fingerprint` without and with later fields, from one pass over the data's files."""
         r = self.recipe
         data = r.data.model_dump(mode="json")
         data.pop("path", None)  # the spelling of the path does not matter, its content does
@@ -505,13 +509,16 @@ class LoadedRecipe:
             "constraints": [c.model_dump(mode="json") for c in r.search.constraints],
             "calibration": {"bn_calibration_batches": r.supernet.bn_calibration_batches},
         }
-        if not later_fields:
-            for (part, *path, name), neutral in LATER_FIELDS.items():
-                section = functools.reduce(lambda d, key: d.get(key, {}), path, parts[part])
-                if section.get(name, neutral) == neutral:
-                    section.pop(name, None)
-        return {name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-                for name, value in parts.items()}
+        def hashed() -> dict[str, str]:
+            return {name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+                    for name, value in parts.items()}
+
+        with_later = hashed()
+        for (part, *path, name), neutral in LATER_FIELDS.items():
+            section = functools.reduce(lambda d, key: d.get(key, {}), path, parts[part])
+            if section.get(name, neutral) == neutral:
+                section.pop(name, None)
+        return hashed(), with_later
 
     def data_fingerprint(self) -> str | None:
         """A hash of the data's files (see :func:`content_fingerprint`), however the path to them is spelled."""

@@ -47,8 +47,8 @@ METRICS = ("accuracy", "latency_ms", "size_mb")
 
 
 def summarize(study) -> dict:
-    done = [r for r in map(TrialRecord.from_trial, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            if r.metrics]
+    every = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = [r for r in map(TrialRecord.from_trial, every) if r.metrics]
     base = {r.baseline: r.metrics for r in done if r.baseline}
     fp32 = base["largest-fp32"]
     # The fully-INT8 largest subnet to beat: the fastest INT8 baseline for latency, the smallest for size.
@@ -60,7 +60,6 @@ def summarize(study) -> dict:
     close = [r.metrics for r in done if r.metrics["accuracy"] >= fp32["accuracy"] - 0.005]
     fastest = min(close, key=lambda m: m["latency_ms"])
     smallest = min(close, key=lambda m: m["size_mb"])
-    every = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     # Time spent in the study's trials (sampling included), from their own timestamps: right for a study resumed
     # or finished in an earlier run too, where a stopwatch around run_search would count only the last part.
     seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in every)

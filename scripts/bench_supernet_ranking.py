@@ -197,14 +197,9 @@ _worker_truth: GroundTruth | None = None
 def _init_worker(recipe_path: str, epochs: int | None, checkpoint_dir: str) -> None:
     global _worker_truth
     torch.set_num_threads(1)
-    from compress.search.loop import load_context
-    from compress.supernet.checkpoint import load_supernet
-
     loaded = with_epochs(load_recipe(recipe_path), epochs)
-    checkpoint = load_supernet(Path(checkpoint_dir))
-    # On the checkpoint's own space, as run_ablation measures it (an option may live in the space).
-    own = LoadedRecipe(loaded.recipe, loaded.path, loaded.space_path, checkpoint.space, loaded.data_path)
-    _worker_truth = GroundTruth(loaded, load_context(own, checkpoint).data, checkpoint.supernet, ResultCache(CACHE))
+    checkpoint, context = load_checkpoint(loaded, Path(checkpoint_dir))
+    _worker_truth = GroundTruth(loaded, context.data, checkpoint.supernet, ResultCache(CACHE))
 
 
 def _train_in_worker(arch: dict, seed: int) -> tuple[str, int, float, float, bool]:
@@ -221,9 +216,11 @@ def prefetch(truth: GroundTruth, wanted: list[tuple[Arch, int, int]], jobs: int,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
+    if jobs <= 1:
+        return
     missing = sorted(((a, m, s) for a, m, s in wanted if truth.cache.get(truth.key(a, s)) is None),
                      key=lambda t: -t[1])
-    if jobs <= 1 or not missing:
+    if not missing:
         return
     print(f"training {len(missing)} stand-alone models in {jobs} processes", flush=True)
     # spawn, not fork: a forked child of a process that has run PyTorch's thread pool can hang.
@@ -291,11 +288,14 @@ def with_epochs(loaded: LoadedRecipe, epochs: int | None) -> LoadedRecipe:
 
 
 def load_checkpoint(loaded: LoadedRecipe, path: Path):
+    """A trained supernet and its context, on the checkpoint's own space: an option may live in the space (an
+    attention family's ``heads_mode``), and such a supernet is measured on it."""
     from compress.search.loop import load_context
     from compress.supernet.checkpoint import load_supernet
 
     checkpoint = load_supernet(path)
-    return checkpoint, load_context(loaded, checkpoint)
+    own = LoadedRecipe(loaded.recipe, loaded.path, loaded.space_path, checkpoint.space, loaded.data_path)
+    return checkpoint, load_context(own, checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,16 +420,10 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
 def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, tag: str) -> int:
     """One row per trained supernet: its ranking, extremes and training time, on one set of architectures."""
     recipe, cfg = loaded.recipe, loaded.recipe.supernet
-    from compress.search.loop import load_context
-    from compress.supernet.checkpoint import load_supernet
-
     results, archs, cache = [], None, ResultCache(CACHE)
     for name, path in ablation:
-        checkpoint = load_supernet(path)
-        # An option may live in the space itself (an attention family's ``heads_mode``): such a supernet is
-        # measured on its own space, as long as that space offers the same choices (checked per architecture).
-        own = LoadedRecipe(loaded.recipe, loaded.path, loaded.space_path, checkpoint.space, loaded.data_path)
-        context = load_context(own, checkpoint)
+        # Measured on its own space, as long as that space offers the same choices (checked per architecture).
+        checkpoint, context = load_checkpoint(loaded, path)
         if archs is None:
             # Chosen once, from the recipe's own space (MACs counted on an untrained supernet of it, the same
             # figures a trained one gives), so every row ranks the same points as the plain benchmark does,

@@ -226,7 +226,7 @@ def open_study(loaded: LoadedRecipe, storage, study_name: str, supernet_key: str
     stored_print = _wait_for_attr(study, STUDY_ATTR_FINGERPRINT, seconds=0) or {}  # none on older studies
     # Either form matches: without later fields at their neutral value (how it is stored now) or with them (how
     # studies created before that rule stored it).
-    current, with_later = loaded.study_fingerprint(), loaded.study_fingerprint(later_fields=True)
+    current, with_later = loaded.study_fingerprints()
     changed = [part for part, value in current.items()
                if stored_print.get(part, value) not in (value, with_later[part])]
     if changed:
