@@ -62,11 +62,12 @@ from compress.policies.finetune import finetune
 
 CACHE = RESULTS / "supernet_ranking_standalone.json"
 POOL_PER_PATTERN = 120
-# The source that decides what a stand-alone accuracy is: the static model, the data pipeline, the trainer
-# and the accuracy measure (plus standalone_accuracy itself, added in code_version).
+# The source that decides what a stand-alone accuracy is: the static model (nn, and the family plugins that
+# build its blocks), the data pipeline, the trainer and the accuracy measure (plus standalone_accuracy itself,
+# added in code_version). Not the supernet or the search space: the key holds the exact model config the
+# supernet extracts, so supernet training options and space fixes keep the measured ground truth.
 TRAINING_SOURCES = ("compress/nn", "compress/data", "compress/policies/finetune.py", "compress/policies/distill.py",
-                    "compress/measure/accuracy.py", "compress/supernet/hybrid.py", "compress/space/space.py",
-                    "compress/families", "compress/registry.py")
+                    "compress/measure/accuracy.py", "compress/families", "compress/registry.py")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,9 +173,12 @@ class GroundTruth:
         # The exact model config, not only the architecture: a space option such as ``heads_mode: regroup``
         # builds another model from the same genes, while supernets that differ only in training (few-shot,
         # another loss) share their stand-alone models and so their cached ground truth.
+        return ResultCache.key(code=self.code, data=self.data_hash, model=self.model_hash(arch), seed=seed,
+                               **self.setting)
+
+    def model_hash(self, arch: Arch) -> str:
         config = subnet_config(self.supernet, arch)
-        model = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-        return ResultCache.key(code=self.code, data=self.data_hash, model=model, seed=seed, **self.setting)
+        return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
     def __call__(self, arch: Arch, seed: int) -> tuple[float, float, bool]:
         key = self.key(arch, seed)
@@ -182,8 +186,11 @@ class GroundTruth:
         if hit:
             return hit["standalone"], hit["train_seconds"], True
         acc, seconds = standalone_accuracy(arch, self.supernet, self.data, self.loaded.recipe, self.steps, seed)
+        # Every part of the key is stored with the result, so a later change of what the key covers can
+        # re-key the cache instead of training again.
         self.cache.put(key, {"arch": arch.describe(), "task": self.loaded.name, "seed": seed, "standalone": acc,
-                             "train_seconds": seconds, "code": self.code, "data": self.data_hash, **self.setting})
+                             "train_seconds": seconds, "code": self.code, "data": self.data_hash,
+                             "model": self.model_hash(arch), **self.setting})
         return acc, seconds, False
 
 
@@ -202,11 +209,9 @@ def _init_worker(recipe_path: str, epochs: int | None, checkpoint_dir: str) -> N
     _worker_truth = GroundTruth(loaded, context.data, checkpoint.supernet, ResultCache(CACHE))
 
 
-def _train_in_worker(arch: dict, seed: int) -> tuple[str, int, float, float, bool]:
-    # The architecture travels as its dict: StageArch's attribute fallback does not survive unpickling.
-    arch = Arch.from_dict(arch)
-    acc, seconds, hit = _worker_truth(arch, seed)
-    return arch.describe(), seed, acc, seconds, hit
+def _train_in_worker(arch: Arch, seed: int) -> tuple[str, int, float, float]:
+    acc, seconds, _ = _worker_truth(arch, seed)
+    return arch.describe(), seed, acc, seconds
 
 
 def prefetch(truth: GroundTruth, wanted: list[tuple[Arch, int, int]], jobs: int, recipe_path: Path,
@@ -226,9 +231,9 @@ def prefetch(truth: GroundTruth, wanted: list[tuple[Arch, int, int]], jobs: int,
     # spawn, not fork: a forked child of a process that has run PyTorch's thread pool can hang.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(str(recipe_path), epochs, str(checkpoint_dir))) as pool:
-        futures = [pool.submit(_train_in_worker, a.to_dict(), s) for a, _, s in missing]
+        futures = [pool.submit(_train_in_worker, a, s) for a, _, s in missing]
         for done, future in enumerate(as_completed(futures), 1):
-            name, seed, acc, seconds, _ = future.result()
+            name, seed, acc, seconds = future.result()
             print(f"[stand-alone {done}/{len(missing)}] seed {seed} {name}: {acc:.4f} ({seconds:.0f}s)", flush=True)
 
 

@@ -69,6 +69,17 @@ def test_largest_uses_first_family_and_max_values(tiny_space):
     assert Arch.from_dict(big.to_dict()) == big
 
 
+def test_architectures_survive_pickle_and_deepcopy(tiny_space):
+    # Worker processes receive architectures pickled; copy and pickle probe dunders before ``layers`` is set.
+    import copy
+    import pickle
+
+    arch = tiny_space.sample(random.Random(3))
+    for again in (pickle.loads(pickle.dumps(arch)), copy.deepcopy(arch)):
+        assert again == arch and again.key() == arch.key()
+        assert again.stages[2].layers_dict() == arch.stages[2].layers_dict()
+
+
 def test_optuna_suggestion_has_a_fixed_genome(tiny_space):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     params = []

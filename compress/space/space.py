@@ -146,7 +146,11 @@ class StageArch:
         return cls(block, int(depth), int(width), tuple(sorted((k, tuple(v)) for k, v in layers.items())))
 
     def __getattr__(self, name: str) -> tuple:
-        # Only called when normal lookup fails: the family's dimensions read as attributes.
+        # Only called when normal lookup fails: the family's dimensions read as attributes. Dunder lookups
+        # (pickle and copy probe ``__getstate__`` etc. on an instance whose ``layers`` is not set yet) are not
+        # dimensions, and answering them here would recurse.
+        if name.startswith("__"):
+            raise AttributeError(name)
         for key, values in object.__getattribute__(self, "layers"):
             if key == name:
                 return values
