@@ -43,9 +43,21 @@ QUANT_BACKENDS = {
 PRUNE_IMPORTANCE = ("magnitude", "taylor")
 # Latency on a further device of target.devices: "latency_ms@board" (one objective per device).
 PER_DEVICE_METRICS = ("latency_ms", "latency_p90_ms")
-# Fields added to a part of the study fingerprint (LoadedRecipe.study_fingerprint) after studies had stored
-# theirs, by (part, section..., field), with the value that keeps the earlier behaviour.
-LATER_FIELDS: dict[tuple[str, ...], Any] = {("policies", "quantize", "granularity"): "unit"}
+# Fields added to a part of the study fingerprint (LoadedRecipe.study_fingerprint) or to the supernet section
+# (LoadedRecipe.supernet_key) after studies and checkpoints had stored theirs, by (part, section..., field),
+# with the value that keeps the earlier behaviour.
+LATER_FIELDS: dict[tuple[str, ...], Any] = {("policies", "quantize", "granularity"): "unit",
+                                            ("supernet", "subnet_sampling"): "uniform"}
+
+
+def _drop_neutral_later_fields(parts: dict[str, dict]) -> None:
+    """Remove from ``parts`` the later fields that hold their neutral value (in place)."""
+    for (part, *path, name), neutral in LATER_FIELDS.items():
+        if part not in parts:
+            continue
+        section = functools.reduce(lambda d, key: d.get(key, {}), path, parts[part])
+        if section.get(name, neutral) == neutral:
+            section.pop(name, None)
 _DEVICE_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 
 
@@ -117,6 +129,11 @@ class SupernetConfig(_Strict):
     # NASViT's gradient projection: a sampled subnet's gradient that conflicts with the largest subnet's
     # (negative inner product, per weight tensor) loses its component along the largest one's
     gradient_projection: bool = False
+    # how the random subnets of a step are drawn: every choice independently uniform (most land mid-sized),
+    # or "size": the k random subnets of a step get size levels stratified over 0-1 (one per k-th) and every
+    # ordered choice is drawn near its level's quantile, so small and large subnets are trained as often as
+    # mid-sized ones (SearchSpace.sample_near_size)
+    subnet_sampling: Literal["uniform", "size"] = "uniform"
     grad_clip: float = Field(default=5.0, gt=0)
     bn_calibration_batches: int = Field(default=10, ge=1, le=10_000)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between resumable checkpoints")
@@ -476,9 +493,10 @@ class LoadedRecipe:
         # The data's content, not the path's spelling: another relative path or a copy on another machine is
         # the same data.
         data["path"] = self.data_fingerprint()
-        blob = json.dumps({"data": data, "space": self.space.to_dict(),
-                           "supernet": self.recipe.supernet.model_dump(mode="json"), "seed": self.recipe.seed},
-                          sort_keys=True)
+        parts = {"data": data, "space": self.space.to_dict(), "supernet": self.recipe.supernet.model_dump(mode="json"),
+                 "seed": self.recipe.seed}
+        _drop_neutral_later_fields(parts)  # an option added later, left at its default, keeps old checkpoints
+        blob = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def study_fingerprint(self, later_fields: bool = False) -> dict[str, str]:
@@ -514,10 +532,7 @@ class LoadedRecipe:
                     for name, value in parts.items()}
 
         with_later = hashed()
-        for (part, *path, name), neutral in LATER_FIELDS.items():
-            section = functools.reduce(lambda d, key: d.get(key, {}), path, parts[part])
-            if section.get(name, neutral) == neutral:
-                section.pop(name, None)
+        _drop_neutral_later_fields(parts)
         return hashed(), with_later
 
     def data_fingerprint(self) -> str | None:

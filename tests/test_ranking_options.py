@@ -57,6 +57,47 @@ def test_few_shot_split_gives_each_family_its_own_downsampling_and_extracts_exac
             torch.testing.assert_close(extract_subnet(net, arch).eval()(x), net(x), atol=1e-5, rtol=0)
 
 
+def test_size_sampling_spreads_subnets_over_the_size_range(tiny_space):
+    from compress.search.features import ModelIO, SubnetCosts
+    from compress.train.supernet import sample_random_subnets
+
+    costs = SubnetCosts(tiny_space, ModelIO(3, 16, 5))
+    lo, hi = costs(tiny_space.smallest()).total_macs, costs(tiny_space.largest()).total_macs
+    size = lambda a: (costs(a).total_macs - lo) / (hi - lo)  # noqa: E731  (0 smallest, 1 largest)
+    rng = random.Random(0)
+    uniform = [size(a) for _ in range(300) for a in sample_random_subnets(tiny_space, rng, 2, "uniform")]
+    steps = [sample_random_subnets(tiny_space, rng, 2, "size") for _ in range(300)]
+    assert all(tiny_space.problems(a) == [] for pair in steps for a in pair)
+    low, high = [size(p[0]) for p in steps], [size(p[1]) for p in steps]
+    # the first of a step's two subnets is drawn from the lower half of the size range, the second from the upper
+    assert sum(low) / len(low) < 0.3 < 0.5 < sum(high) / len(high)
+    spread = low + high
+    # both ends of the range are trained far more often than uniform choices, which land mid-sized
+    ends = lambda xs: sum(x < 0.15 or x > 0.75 for x in xs) / len(xs)  # noqa: E731
+    assert ends(spread) > 2 * ends(uniform)
+    # block families stay uniform
+    assert 0.35 < sum(a.stages[1].block == "attn" for p in steps for a in p) / 600 < 0.65
+
+
+def test_a_supernet_option_added_later_keeps_earlier_checkpoints(tmp_path):
+    import hashlib
+    import json
+
+    from compress.recipe import load_recipe
+    from tests.conftest import tiny_recipe
+
+    loaded = load_recipe(tiny_recipe(tmp_path))
+    # the key a checkpoint stored before subnet_sampling existed: the same hash without that field
+    parts = {"data": {**loaded.recipe.data.model_dump(mode="json"), "path": loaded.data_fingerprint()},
+             "space": loaded.space.to_dict(), "seed": loaded.recipe.seed,
+             "supernet": loaded.recipe.supernet.model_dump(mode="json", exclude={"subnet_sampling"})}
+    before = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    assert loaded.supernet_key() == before
+    (tmp_path / "b").mkdir()
+    sized = load_recipe(tiny_recipe(tmp_path / "b", supernet={"subnet_sampling": "size"}))
+    assert sized.supernet_key() != before
+
+
 @pytest.mark.slow
 def test_training_with_every_ranking_option_runs_and_reloads(tmp_path):
     from compress.recipe import load_recipe
@@ -67,7 +108,8 @@ def test_training_with_every_ranking_option_runs_and_reloads(tmp_path):
     loaded = load_recipe(tiny_recipe(tmp_path, supernet={"epochs": 1, "batch_size": 32, "lr": 0.005,
                                                          "random_subnets": 1, "bn_calibration_batches": 2,
                                                          "kd_loss": "alpha", "few_shot": True,
-                                                         "gradient_projection": True}))
+                                                         "gradient_projection": True,
+                                                         "subnet_sampling": "size"}))
     run = loaded.run_dir(None)
     torch.manual_seed(0)
     initial = HybridSupernet(loaded.space, 3, 4, [0.5] * 3, [0.25] * 3, few_shot=True)

@@ -305,6 +305,29 @@ class SearchSpace(_Strict):
             stages.append(self.make_stage(spec, block, rng.choice(spec.depth), rng.choice(spec.width), rng.choice))
         return Arch(stem_width=rng.choice(self.stem.width), stages=tuple(stages))
 
+    def sample_near_size(self, rng: random.Random, level: float, spread: float = 0.25) -> Arch:
+        """A random architecture of about size ``level`` (0: smallest, 1: largest). Every ordered choice (stem
+        and stage width, depth, each layer's dimensions) is drawn with a Gaussian weight around the ``level``
+        quantile of its sorted options (``spread`` wide, on the same 0-1 scale); block families stay uniform.
+
+        Independent uniform choices put almost every subnet near the middle of the MAC range; drawing
+        ``level`` uniformly instead spreads the sampled subnets from smallest to largest, as NASViT and
+        AttentiveNAS do by drawing a FLOPs target first, without counting any MACs."""
+
+        def near(values):
+            ordered = sorted(values)
+            if len(ordered) == 1:
+                return ordered[0]
+            last = len(ordered) - 1
+            weights = [math.exp(-0.5 * ((i / last - level) / spread) ** 2) for i in range(len(ordered))]
+            return rng.choices(ordered, weights)[0]
+
+        stages = []
+        for spec in self.stages:
+            block = rng.choice(spec.blocks)
+            stages.append(self.make_stage(spec, block, near(spec.depth), near(spec.width), near))
+        return Arch(stem_width=near(self.stem.width), stages=tuple(stages))
+
     def sample_smallest(self, rng: random.Random) -> Arch:
         """The smallest subnet with a random block family per stage, so every family's minimum is trained."""
         return self.smallest([rng.choice(s.blocks) for s in self.stages])

@@ -8,7 +8,8 @@ step is one graph and runs unchanged under DistributedDataParallel. Every rank d
 Options that help inherited accuracy rank architectures (recipe ``supernet:``): ``kd_loss: alpha`` (AlphaNet's
 adaptive alpha-divergence instead of KL), ``few_shot: true`` (no weight of a stage shared by two block
 families), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient loses its component against the
-largest subnet's where they conflict; two backward passes, one process). ``heads_mode: regroup`` of the
+largest subnet's where they conflict; two backward passes, one process), ``subnet_sampling: size`` (the random
+subnets spread over the size range instead of mostly mid-sized). ``heads_mode: regroup`` of the
 attention families is a search-space option (see compress/families/attn.py).
 
 State is saved with ``accelerator.save_state`` every ``checkpoint_every`` epochs; a run that is interrupted
@@ -75,6 +76,13 @@ def project_conflicts(params: list[torch.nn.Parameter], largest_grads: list[torc
             conflicts += 1
         p.grad += g_large
     return conflicts
+
+
+def sample_random_subnets(space, rng: random.Random, k: int, how: str) -> list:
+    """The ``k`` random subnets of one step: uniform choices, or (``size``) one per k-th of the size range."""
+    if how == "size":
+        return [space.sample_near_size(rng, (j + rng.random()) / k) for j in range(k)]
+    return [space.sample(rng) for _ in range(k)]
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -169,7 +177,8 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
                 teacher_logits = model(x)
                 largest_loss = F.cross_entropy(teacher_logits, y, label_smoothing=cfg.label_smoothing)
                 soft_targets = teacher_logits.detach().float()
-                students = [space.sample_smallest(rng)] + [space.sample(rng) for _ in range(cfg.random_subnets)]
+                students = [space.sample_smallest(rng)] + sample_random_subnets(space, rng, cfg.random_subnets,
+                                                                                 cfg.subnet_sampling)
                 student_loss = torch.zeros((), device=largest_loss.device)
                 for arch in students:
                     supernet.set_active(arch)
