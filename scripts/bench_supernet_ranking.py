@@ -250,29 +250,66 @@ def noise_picks(n_archs: int, n_noise: int) -> list[int]:
 # Measuring one supernet
 
 
+def recovered_accuracy(context, arch: Arch, steps: int, recipe, weight: float = 0.9) -> float:
+    """Val accuracy after ``steps`` of the search's recovery distillation from the largest subnet (``weight``
+    on its soft labels, the rest on the true labels): the candidate the search would build with that policy
+    (and only it), by the search's own function."""
+    from compress.policies import Policies
+    from compress.policies.distill import DistillPolicy
+    from compress.search.candidate import CandidateSpec, build_candidate
+
+    d = recipe.search.policies.distill
+    policy = DistillPolicy(steps=steps, weight=weight, lr=d.lr, batch_size=d.batch_size)
+    candidate = build_candidate(context, CandidateSpec(arch, Policies(distill=policy), seed=recipe.seed))
+    return accuracy(candidate.model, context.data.val)
+
+
 def inherited_rows(checkpoint, context, archs: list[tuple[Arch, int]], truth: GroundTruth, seed: int,
-                   label: str = "") -> list[dict]:
+                   label: str = "", recovery: tuple[int, ...] = (), recipe=None, weight: float = 0.9) -> list[dict]:
     rows = []
     for i, (arch, macs) in enumerate(archs):
         inherited = accuracy(calibrated_subnet(checkpoint.supernet, arch, context.bn_batches), context.data.val)
+        recovered = {k: recovered_accuracy(context, arch, k, recipe, weight) for k in recovery}
         standalone, seconds, hit = truth(arch, seed)
         rows.append({"arch": arch.describe(), "pattern": pattern(arch), "kind": family_kind(arch),
                      "last": arch.stages[-1].block, "macs": macs, "inherited": inherited, "standalone": standalone,
-                     "gap": inherited - standalone, "seed": seed, "train_seconds": seconds, "cached": hit})
+                     "gap": inherited - standalone, "recovered": recovered, "seed": seed, "train_seconds": seconds,
+                     "cached": hit})
         print(f"{label}[{i + 1}/{len(archs)}] {macs / 1e6:5.2f}M {arch.describe()}: inherited {inherited:.4f} "
-              f"stand-alone {standalone:.4f}" + (" (cached)" if hit else f" ({seconds:.0f}s)"), flush=True)
+              + "".join(f"after {k} steps {a:.4f} " for k, a in recovered.items())
+              + f"stand-alone {standalone:.4f}" + (" (cached)" if hit else f" ({seconds:.0f}s)"), flush=True)
     return rows
 
 
-def summarize(rows: list[dict]) -> dict:
-    inherited, standalone = [r["inherited"] for r in rows], [r["standalone"] for r in rows]
-    stats = rank_statistics(inherited, standalone)
-    hit, k = top_overlap(inherited, standalone)
+def summarize(rows: list[dict], steps: int = 0) -> dict:
+    """Ranking statistics of inherited accuracy, or (``steps`` > 0) of the accuracy after that many recovery
+    steps, against stand-alone accuracy."""
+    measured = [r["inherited"] if steps == 0 else r["recovered"][steps] for r in rows]
+    standalone = [r["standalone"] for r in rows]
+    stats = rank_statistics(measured, standalone)
+    hit, k = top_overlap(measured, standalone)
     gaps = {}
     for last in sorted({r["last"] for r in rows}):
-        g = [r["gap"] for r in rows if r["last"] == last]
+        g = [m - r["standalone"] for m, r in zip(measured, rows) if r["last"] == last]
         gaps[f"{last}-ending"] = {"n": len(g), "mean": statistics.fmean(g), "min": min(g), "max": max(g)}
     return {**stats, "top_quarter": [hit, k], "gap_by_last_family": gaps}
+
+
+def recovery_lines(rows: list[dict], recovery: tuple[int, ...], weight: float = 0.9) -> tuple[list[str], dict]:
+    """A markdown table: how the ranking changes when each subnet first gets the search's recovery steps."""
+    if not recovery:
+        return [], {}
+    summaries = {k: summarize(rows, k) for k in (0, *recovery)}
+    md = ["Ranking after recovery distillation: each inherited subnet first gets `steps` steps of the search's "
+          f"recovery distillation from the largest subnet (weight {weight:g} on its soft labels, "
+          f"{1 - weight:g} on the true ones; `build_candidate` with only that policy), then is measured; the "
+          "stand-alone ground truth is the same.", "",
+          "| recovery steps | Spearman [90%] | Kendall [90%] | top quarter | mean gap (pt) |", "| --- | --- | --- | --- | --- |"]
+    for k, s in summaries.items():
+        mean_gap = statistics.fmean((r["inherited"] if k == 0 else r["recovered"][k]) - r["standalone"] for r in rows)
+        md.append(f"| {k} | {fmt_interval(s, 'spearman')} | {fmt_interval(s, 'kendall')} | "
+                  f"{s['top_quarter'][0]}/{s['top_quarter'][1]} | {100 * mean_gap:+.2f} |")
+    return md + [""], {str(k): s for k, s in summaries.items() if k}
 
 
 def fmt_interval(s: dict, name: str) -> str:
@@ -316,7 +353,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="rank several trained supernets (one per training option) on the same architectures")
     parser.add_argument("--jobs", type=int, default=1,
                         help="train the missing stand-alone models in this many processes, one thread each")
+    parser.add_argument("--recovery-steps", default="", metavar="K[,K...]",
+                        help="also rank after K steps of the search's recovery distillation of each subnet")
+    parser.add_argument("--recovery-weight", type=float, default=0.9,
+                        help="weight of the largest subnet's soft labels in that recovery (0: labels only)")
     args = parser.parse_args(argv)
+    try:
+        args.recovery = tuple(sorted({int(k) for k in args.recovery_steps.split(",") if k.strip()}))
+    except ValueError:
+        args.recovery = (-1,)
+    if not 0 <= args.recovery_weight <= 1:
+        print(f"error: --recovery-weight must be in [0, 1], got {args.recovery_weight}", file=sys.stderr)
+        return 2
+    if any(k < 1 for k in args.recovery):
+        print(f"error: --recovery-steps: expected positive integers separated by commas, got {args.recovery_steps!r}",
+              file=sys.stderr)
+        return 2
     for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1), ("jobs", 1)):
         value = getattr(args, field)
         if value is not None and value < least:
@@ -360,7 +412,8 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
     picks = noise_picks(len(archs), args.noise_archs)
     prefetch(truth, [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1) for i in picks],
              args.jobs, loaded.path, args.epochs, checkpoint.path)
-    rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed)
+    rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, recovery=args.recovery, recipe=recipe,
+                          weight=args.recovery_weight)
 
     noise = []
     n_noise = len(picks)
@@ -409,6 +462,8 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
         md += ["", f"Seed-to-seed standard deviation of one stand-alone accuracy: {100 * seed_sd:.2f} points; across "
                f"the {len(rows)} architectures: {100 * spread:.2f} points. A ranking measured against this ground truth "
                f"correlates at most about {ceiling:.2f} with the true one, even from a perfect supernet.", ""]
+    recovery_md, recovery = recovery_lines(rows, args.recovery, args.recovery_weight)
+    md += recovery_md
     plot_path = plot(rows, RESULTS / f"supernet_ranking_{tag}.png",
                      f"{loaded.name}: rho {summary['spearman']:.2f}, {cfg.epochs} epochs")
     md += [f"Plot: `{plot_path.name}` (inherited against stand-alone accuracy, marker by last-stage family).", ""]
@@ -417,7 +472,8 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
         "setting": truth.setting, "code_version": truth.code, "data_fingerprint": truth.data_hash,
         "supernet": {"path": str(checkpoint.path), "train_seconds": meta.get("train_seconds_this_session"),
                      "metrics": meta["metrics"]},
-        "rows": rows, "noise": noise, **summary, "seed_sd": seed_sd, "ceiling": ceiling,
+        "rows": rows, "noise": noise, **summary, "recovery": recovery,
+        "recovery_weight": args.recovery_weight, "seed_sd": seed_sd, "ceiling": ceiling,
         "environment": environment()}, "\n".join(md) + "\n")
     return 0
 
@@ -443,7 +499,8 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
         # Stand-alone ground truth of this supernet's models (shared through the cache where they are equal).
         truth = GroundTruth(loaded, context.data, checkpoint.supernet, cache)
         prefetch(truth, [(a, m, recipe.seed) for a, m in archs], args.jobs, loaded.path, args.epochs, path)
-        rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, label=f"{name} ")
+        rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, label=f"{name} ",
+                              recovery=args.recovery, recipe=recipe, weight=args.recovery_weight)
         meta = checkpoint.meta
         if meta.get("epochs") != cfg.epochs:
             print(f"note: {name} was trained for {meta.get('epochs')} epochs; stand-alone budget is {cfg.epochs}",
@@ -451,7 +508,8 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
         results.append({"option": name, "checkpoint": str(path), "epochs": meta.get("epochs"),
                         "train_seconds": meta.get("train_seconds_this_session"),
                         "resumed_from_epoch": meta.get("resumed_from_epoch"), "metrics": meta["metrics"],
-                        "rows": rows, **summarize(rows)})
+                        "rows": rows, **summarize(rows),
+                        "recovery": recovery_lines(rows, args.recovery, args.recovery_weight)[1]})
     families = sorted({f for r in results for f in r["gap_by_last_family"]})
     md = [f"## Supernet training options ranked on `{loaded.name}` ({len(archs)} architectures, stand-alone budget "
           f"{cfg.epochs} epochs)", "",
@@ -468,6 +526,9 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
                                else "-" for f in families) + " |")
     md += ["", "Training time is the checkpoint's own record (this session's seconds; a resumed run counts only the "
            "part after resuming).", ""]
+    for r in results:
+        if r["recovery"]:
+            md += [f"### {r['option']}", "", *recovery_lines(r["rows"], args.recovery, args.recovery_weight)[0]]
     write_results(f"supernet_ranking_{tag}_ablation", {"task": loaded.name, "epochs": cfg.epochs,
                                                        "options": results, "environment": environment()},
                   "\n".join(md) + "\n")

@@ -195,3 +195,21 @@ def test_noise_picks_spread_over_the_mac_sorted_architectures():
 def test_bad_jobs_exit_2(capsys):
     assert bench.main(["--jobs", "0"]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_bad_recovery_steps_exit_2(capsys):
+    for bad in ("0", "50,x", "-5"):
+        assert bench.main(["--recovery-steps", bad]) == 2
+        assert "--recovery-steps" in capsys.readouterr().err
+
+
+def test_recovery_ranking_reads_the_recovered_accuracy():
+    # Inherited accuracy ranks these four backwards; after recovery they rank exactly as stand-alone.
+    rows = [{"inherited": 0.9 - 0.1 * i, "standalone": 0.5 + 0.1 * i, "recovered": {50: 0.45 + 0.1 * i},
+             "last": "conv" if i % 2 else "attn"} for i in range(4)]
+    assert bench.summarize(rows)["spearman"] == pytest.approx(-1.0)
+    after = bench.summarize(rows, 50)
+    assert after["spearman"] == pytest.approx(1.0) and after["top_quarter"] == [1, 1]
+    assert after["gap_by_last_family"]["conv-ending"]["mean"] == pytest.approx(-0.05)
+    md, stats = bench.recovery_lines(rows, (50,))
+    assert set(stats) == {"50"} and any(line.startswith("| 50 | 1.000") for line in md)
