@@ -25,6 +25,7 @@ truth, and an interrupted run resumes where it stopped.
     python scripts/bench_supernet_ranking.py --task mosaic --jobs 2     # stand-alone trainings on two cores
     python scripts/bench_supernet_ranking.py --task mosaic --ablation baseline=runs/a/supernet \\
         --ablation few-shot=runs/b/supernet                                     # one row per training option
+    python scripts/bench_supernet_ranking.py --task mosaic --recovery-steps 50,200   # and after recovery steps
 
 ``--task`` is a recipe name under recipes/, a recipe file, or a directory holding ``recipe.yaml`` (what
 make_photo_task.py writes). ``--epochs`` overrides the recipe's supernet epochs, and so the stand-alone budget;
