@@ -59,7 +59,10 @@ from compress.space import Arch
 from compress.supernet import extract_subnet, subnet_config
 from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
+from compress.policies import Policies
+from compress.policies.distill import DistillPolicy
 from compress.policies.finetune import finetune
+from compress.search.candidate import CandidateSpec, build_candidate
 
 CACHE = RESULTS / "supernet_ranking_standalone.json"
 POOL_PER_PATTERN = 120
@@ -255,10 +258,6 @@ def recovered_accuracy(context, arch: Arch, steps: int, recipe, weight: float = 
     """Val accuracy after ``steps`` of the search's recovery distillation from the largest subnet (``weight``
     on its soft labels, the rest on the true labels): the candidate the search would build with that policy
     (and only it), by the search's own function."""
-    from compress.policies import Policies
-    from compress.policies.distill import DistillPolicy
-    from compress.search.candidate import CandidateSpec, build_candidate
-
     d = recipe.search.policies.distill
     policy = DistillPolicy(steps=steps, weight=weight, lr=d.lr, batch_size=d.batch_size)
     candidate = build_candidate(context, CandidateSpec(arch, Policies(distill=policy), seed=recipe.seed))
@@ -282,16 +281,20 @@ def inherited_rows(checkpoint, context, archs: list[tuple[Arch, int]], truth: Gr
     return rows
 
 
+def measured(row: dict, steps: int = 0) -> float:
+    """A row's inherited accuracy, or (``steps`` > 0) its accuracy after that many recovery steps."""
+    return row["inherited"] if steps == 0 else row["recovered"][steps]
+
+
 def summarize(rows: list[dict], steps: int = 0) -> dict:
-    """Ranking statistics of inherited accuracy, or (``steps`` > 0) of the accuracy after that many recovery
-    steps, against stand-alone accuracy."""
-    measured = [r["inherited"] if steps == 0 else r["recovered"][steps] for r in rows]
+    """Ranking statistics of :func:`measured` accuracy against stand-alone accuracy."""
+    values = [measured(r, steps) for r in rows]
     standalone = [r["standalone"] for r in rows]
-    stats = rank_statistics(measured, standalone)
-    hit, k = top_overlap(measured, standalone)
+    stats = rank_statistics(values, standalone)
+    hit, k = top_overlap(values, standalone)
     gaps = {}
     for last in sorted({r["last"] for r in rows}):
-        g = [m - r["standalone"] for m, r in zip(measured, rows) if r["last"] == last]
+        g = [m - r["standalone"] for m, r in zip(values, rows) if r["last"] == last]
         gaps[f"{last}-ending"] = {"n": len(g), "mean": statistics.fmean(g), "min": min(g), "max": max(g)}
     return {**stats, "top_quarter": [hit, k], "gap_by_last_family": gaps}
 
@@ -307,7 +310,7 @@ def recovery_lines(rows: list[dict], recovery: tuple[int, ...], weight: float = 
           "stand-alone ground truth is the same.", "",
           "| recovery steps | Spearman [90%] | Kendall [90%] | top quarter | mean gap (pt) |", "| --- | --- | --- | --- | --- |"]
     for k, s in summaries.items():
-        mean_gap = statistics.fmean((r["inherited"] if k == 0 else r["recovered"][k]) - r["standalone"] for r in rows)
+        mean_gap = statistics.fmean(measured(r, k) - r["standalone"] for r in rows)
         md.append(f"| {k} | {fmt_interval(s, 'spearman')} | {fmt_interval(s, 'kendall')} | "
                   f"{s['top_quarter'][0]}/{s['top_quarter'][1]} | {100 * mean_gap:+.2f} |")
     return md + [""], {str(k): s for k, s in summaries.items() if k}
@@ -341,6 +344,15 @@ def load_checkpoint(loaded: LoadedRecipe, path: Path):
     return checkpoint, load_context(own, checkpoint)
 
 
+def parse_steps(text: str) -> tuple[int, ...] | None:
+    """``"200,50"`` -> ``(50, 200)``; None unless every item is a positive integer."""
+    try:
+        steps = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        return None
+    return steps if all(k >= 1 for k in steps) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="mosaic", help="recipe name, recipe file, or folder with recipe.yaml")
@@ -359,16 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery-weight", type=float, default=0.9,
                         help="weight of the largest subnet's soft labels in that recovery (0: labels only)")
     args = parser.parse_args(argv)
-    try:
-        args.recovery = tuple(sorted({int(k) for k in args.recovery_steps.split(",") if k.strip()}))
-    except ValueError:
-        args.recovery = (-1,)
-    if not 0 <= args.recovery_weight <= 1:
-        print(f"error: --recovery-weight must be in [0, 1], got {args.recovery_weight}", file=sys.stderr)
-        return 2
-    if any(k < 1 for k in args.recovery):
+    args.recovery = parse_steps(args.recovery_steps)
+    if args.recovery is None:
         print(f"error: --recovery-steps: expected positive integers separated by commas, got {args.recovery_steps!r}",
               file=sys.stderr)
+        return 2
+    if not 0 <= args.recovery_weight <= 1:
+        print(f"error: --recovery-weight must be in [0, 1], got {args.recovery_weight}", file=sys.stderr)
         return 2
     for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1), ("jobs", 1)):
         value = getattr(args, field)
@@ -483,6 +492,7 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
     """One row per trained supernet: its ranking, extremes and training time, on one set of architectures."""
     recipe, cfg = loaded.recipe, loaded.recipe.supernet
     results, archs, cache = [], None, ResultCache(CACHE)
+    recovery_md: dict[str, list[str]] = {}
     for name, path in ablation:
         # Measured on its own space, as long as that space offers the same choices (checked per architecture).
         checkpoint, context = load_checkpoint(loaded, path)
@@ -506,11 +516,11 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
         if meta.get("epochs") != cfg.epochs:
             print(f"note: {name} was trained for {meta.get('epochs')} epochs; stand-alone budget is {cfg.epochs}",
                   flush=True)
+        recovery_md[name], recovery = recovery_lines(rows, args.recovery, args.recovery_weight)
         results.append({"option": name, "checkpoint": str(path), "epochs": meta.get("epochs"),
                         "train_seconds": meta.get("train_seconds_this_session"),
                         "resumed_from_epoch": meta.get("resumed_from_epoch"), "metrics": meta["metrics"],
-                        "rows": rows, **summarize(rows),
-                        "recovery": recovery_lines(rows, args.recovery, args.recovery_weight)[1]})
+                        "rows": rows, **summarize(rows), "recovery": recovery})
     families = sorted({f for r in results for f in r["gap_by_last_family"]})
     md = [f"## Supernet training options ranked on `{loaded.name}` ({len(archs)} architectures, stand-alone budget "
           f"{cfg.epochs} epochs)", "",
@@ -527,9 +537,9 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
                                else "-" for f in families) + " |")
     md += ["", "Training time is the checkpoint's own record (this session's seconds; a resumed run counts only the "
            "part after resuming).", ""]
-    for r in results:
-        if r["recovery"]:
-            md += [f"### {r['option']}", "", *recovery_lines(r["rows"], args.recovery, args.recovery_weight)[0]]
+    for name, lines in recovery_md.items():
+        if lines:
+            md += [f"### {name}", "", *lines]
     write_results(f"supernet_ranking_{tag}_ablation", {"task": loaded.name, "epochs": cfg.epochs,
                                                        "options": results, "environment": environment()},
                   "\n".join(md) + "\n")
