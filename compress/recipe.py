@@ -135,8 +135,10 @@ class SupernetConfig(_Strict):
     # or "size": the k random subnets of a step get size levels stratified over 0-1 (one per k-th) and every
     # ordered choice is drawn near its level's quantile, so the sampled subnets spread over the size range
     # instead of landing mid-sized (SearchSpace.sample_near_size; measured in the README: it ranks better on
-    # mosaic but its smallest subnets inherit far worse, so it is off by default)
-    subnet_sampling: Literal["uniform", "size"] = "uniform"
+    # mosaic but its smallest subnets inherit far worse, so it is off by default); or "macs": a MACs target
+    # per random subnet, stratified over the log-MACs range, met by the closest of a few uniform draws
+    # (AttentiveNAS), which keeps mixed configurations as likely as uniform sampling does
+    subnet_sampling: Literal["uniform", "size", "macs"] = "uniform"
     grad_clip: float = Field(default=5.0, gt=0)
     bn_calibration_batches: int = Field(default=10, ge=1, le=10_000)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between resumable checkpoints")

@@ -1,7 +1,9 @@
 """Supernet training options meant to make inherited accuracy rank architectures (issue 11): each changes
 what it should."""
 
+import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -99,7 +101,8 @@ def test_a_supernet_option_added_later_keeps_earlier_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_with_every_ranking_option_runs_and_reloads(tmp_path):
+@pytest.mark.parametrize("sampling", ["size", "macs"])
+def test_training_with_every_ranking_option_runs_and_reloads(tmp_path, sampling):
     from compress.recipe import load_recipe
     from compress.supernet.checkpoint import load_supernet
     from compress.train.supernet import train_supernet
@@ -109,7 +112,7 @@ def test_training_with_every_ranking_option_runs_and_reloads(tmp_path):
                                                          "random_subnets": 1, "bn_calibration_batches": 2,
                                                          "kd_loss": "alpha", "few_shot": True,
                                                          "gradient_projection": True,
-                                                         "subnet_sampling": "size"}))
+                                                         "subnet_sampling": sampling}))
     run = loaded.run_dir(None)
     torch.manual_seed(0)
     initial = HybridSupernet(loaded.space, 3, 4, [0.5] * 3, [0.25] * 3, few_shot=True)
@@ -146,3 +149,33 @@ def test_spread_covers_both_last_stage_families_and_sizes(tiny_space, tiny_super
     assert len(archs) == 8 and len({a.key() for a in archs}) == 8
     assert {a.stages[-1].block for a in archs} == {"conv", "attn"}
     assert tiny_space.smallest() in archs and tiny_space.largest() in archs
+
+
+def test_macs_sampling_spreads_subnets_without_tying_their_choices(tiny_space):
+    from compress.search.features import ModelIO, SubnetCosts
+    from compress.train.supernet import sample_random_subnets
+
+    costs = SubnetCosts(tiny_space, ModelIO(3, 16, 5))
+    macs = lambda a: costs(a).total_macs  # noqa: E731
+    lo, hi = math.log(macs(tiny_space.smallest())), math.log(macs(tiny_space.largest()))
+    level = lambda a: (math.log(macs(a)) - lo) / (hi - lo)  # noqa: E731  (0 smallest, 1 largest)
+
+    def draw(how):
+        rng = random.Random(0)
+        return [sample_random_subnets(tiny_space, rng, 2, how, macs) for _ in range(300)]
+
+    def depth_width_correlation(steps):
+        archs = [a for pair in steps for a in pair]
+        return statistics.mean(statistics.correlation([a.stages[i].depth for a in archs],
+                                                      [a.stages[i].width for a in archs])
+                               for i in range(len(tiny_space.stages)))
+
+    steps = draw("macs")
+    assert all(tiny_space.problems(a) == [] for pair in steps for a in pair)
+    low, high = [level(p[0]) for p in steps], [level(p[1]) for p in steps]
+    # one MACs target in each half of the (log) range
+    assert statistics.mean(low) < 0.35 < 0.65 < statistics.mean(high)
+    ends = lambda xs: sum(x < 0.15 or x > 0.75 for x in xs) / len(xs)  # noqa: E731
+    assert ends(low + high) > 2 * ends([level(a) for pair in draw("uniform") for a in pair])
+    # unlike "size", a subnet's choices stay nearly independent: deep-but-narrow subnets are still trained
+    assert depth_width_correlation(steps) < 0.5 * depth_width_correlation(draw("size"))

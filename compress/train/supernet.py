@@ -9,7 +9,9 @@ Options that help inherited accuracy rank architectures (recipe ``supernet:``): 
 adaptive alpha-divergence instead of KL), ``few_shot: true`` (no weight of a stage shared by two block
 families), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient loses its component against the
 largest subnet's where they conflict; two backward passes, one process), ``subnet_sampling: size`` (the random
-subnets spread over the size range instead of mostly mid-sized). ``heads_mode: regroup`` of the
+subnets spread over the size range instead of mostly mid-sized, every choice drawn near one level), ``subnet_sampling:
+macs`` (AttentiveNAS: a MACs target per random subnet, stratified over the range, met by the closest of a few
+uniform draws, so mixed configurations stay as likely as in uniform sampling). ``heads_mode: regroup`` of the
 attention families is a search-space option (see compress/families/attn.py).
 
 State is saved with ``accelerator.save_state`` every ``checkpoint_every`` epochs; a run that is interrupted
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import json
+import math
 import random
 import shutil
 import sys
@@ -78,10 +81,30 @@ def project_conflicts(params: list[torch.nn.Parameter], largest_grads: list[torc
     return conflicts
 
 
-def sample_random_subnets(space, rng: random.Random, k: int, how: str) -> list:
-    """The ``k`` random subnets of one step: uniform choices, or (``size``) one per k-th of the size range."""
+# Uniform draws per MACs target (subnet_sampling: macs): enough that the closest one lands near the target
+# over most of the range; the draws are cheap (MACs are summed from cached pieces, no model is built).
+MACS_TARGET_DRAWS = 64
+
+
+def sample_random_subnets(space, rng: random.Random, k: int, how: str, macs=None) -> list:
+    """The ``k`` random subnets of one step: uniform choices; or (``size``) one per k-th of the size range,
+    every ordered choice drawn near that level; or (``macs``, with ``macs(arch)`` counting an architecture's
+    multiply-accumulates) one MACs target per k-th of the log-MACs range, each met by the closest of
+    :data:`MACS_TARGET_DRAWS` uniform draws.
+
+    ``size`` ties every dimension of a subnet to one level, so mixed subnets (wide but shallow, many heads
+    but a small MLP) are rarely trained; drawing uniformly and keeping the draw nearest a target, as
+    AttentiveNAS does, spreads the subnets over the range without that bias."""
     if how == "size":
         return [space.sample_near_size(rng, (j + rng.random()) / k) for j in range(k)]
+    if how == "macs":
+        lo, hi = math.log(macs(space.smallest())), math.log(macs(space.largest()))
+        chosen = []
+        for j in range(k):
+            target = lo + (j + rng.random()) / k * (hi - lo)
+            draws = [space.sample(rng) for _ in range(MACS_TARGET_DRAWS)]
+            chosen.append(min(draws, key=lambda a: abs(math.log(macs(a)) - target)))
+        return chosen
     return [space.sample(rng) for _ in range(k)]
 
 
@@ -149,6 +172,12 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
         log(f"resuming supernet training from epoch {start_epoch}/{cfg.epochs} ({state_dir})")
 
     largest = space.largest()
+    macs = None
+    if cfg.subnet_sampling == "macs":
+        from compress.search.features import ModelIO, SubnetCosts  # only this option needs MACs
+
+        costs = SubnetCosts(space, ModelIO(data.in_channels, data.image_size, data.num_classes))
+        macs = lambda arch: costs(arch).total_macs  # noqa: E731
     temperature = cfg.distill_temperature
     if cfg.kd_loss == "alpha":
         kd_loss = alpha_divergence_loss  # AlphaNet distils at temperature 1
@@ -178,7 +207,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
                 largest_loss = F.cross_entropy(teacher_logits, y, label_smoothing=cfg.label_smoothing)
                 soft_targets = teacher_logits.detach().float()
                 students = [space.sample_smallest(rng)] + sample_random_subnets(space, rng, cfg.random_subnets,
-                                                                                 cfg.subnet_sampling)
+                                                                                 cfg.subnet_sampling, macs)
                 student_loss = torch.zeros((), device=largest_loss.device)
                 for arch in students:
                     supernet.set_active(arch)
