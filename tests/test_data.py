@@ -22,6 +22,7 @@ from compress.data import (
 from compress.data.cifar import RECORD_BYTES
 from compress.data.digits import base_digits, digit_split_indices
 from compress.data.images import to_uint8
+from compress.data.clutter import DIGIT_SIZE, build_clutter_splits, clutter_counts, compose_clutter
 from compress.data.mosaic import build_mosaic_splits, compose_mosaics, mosaic_counts
 from compress.errors import DataError
 
@@ -206,6 +207,50 @@ def test_mosaic_sizes_and_resize():
     assert load_dataset("digits-mosaic", size=300, grid=2).train.images.shape[1:] == (1, 32, 32)
     with pytest.raises(DataError, match="data.grid must be 2 or 3"):
         load_dataset("digits-mosaic", size=300, grid=5)
+
+
+def test_clutter_holds_the_whole_digit_and_fragments_of_others():
+    # base "digits": digit i is a 16x16 square of value 10 * i + 5, so every pixel says which digit it came from
+    n = 12
+    values = torch.arange(n, dtype=torch.uint8) * 10 + 5
+    images = values.view(n, 1, 1, 1).expand(n, 1, DIGIT_SIZE, DIGIT_SIZE).contiguous()
+    labels = torch.arange(n) % 10
+    pool = torch.tensor([0, 2, 3, 7, 11])
+    c = compose_clutter(images, labels, 200, seed=4, pool=pool, fragments=3)
+    assert c.images.shape == (200, 1, 32, 32) and c.fragments.shape == (200, 3)
+    assert set(c.digits.tolist()) <= set(pool.tolist()) and set(c.fragments.flatten().tolist()) <= set(pool.tolist())
+    assert torch.equal(c.labels, labels[c.digits])
+    for i in range(200):
+        (y, x), whole = c.positions[i].tolist(), int(c.digits[i])
+        window = c.images[i, 0, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE]
+        # the whole digit is drawn last, by pixel-wise maximum: nothing darker covers it
+        assert bool((window >= values[whole]).all())
+        # outside it, every lit pixel comes from one of this field's fragments
+        rest = c.images[i, 0].clone()
+        rest[y:y + DIGIT_SIZE, x:x + DIGIT_SIZE] = 0
+        assert set(rest.unique().tolist()) <= {0, *values[c.fragments[i]].tolist()}
+    # the digit lands all over the field, and the fields differ
+    assert c.positions.min() == 0 and c.positions.max() == 32 - DIGIT_SIZE
+    assert len({c.images[i].sum().item() for i in range(200)}) > 100
+
+
+def test_clutter_splits_share_no_base_digit_and_match_loader():
+    images, labels = base_digits()
+    pools = digit_split_indices(labels, 0.15, 0.15, 5)
+    counts = clutter_counts(300)
+    assert counts == {"train": 300, "val": 100, "test": 100}
+    digits = to_uint8(torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", align_corners=False,
+                                                      antialias=False))
+    built = build_clutter_splits(digits, labels, pools, counts, seed=5)
+    used = {name: set(c.digits.tolist()) | set(c.fragments.flatten().tolist()) for name, c in built.items()}
+    assert not used["train"] & used["val"] and not used["train"] & used["test"] and not used["val"] & used["test"]
+    data = load_dataset("digits-clutter", size=300, seed=5)
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(data, name).images, built[name].images)
+        assert torch.equal(getattr(data, name).labels, built[name].labels)
+    assert data.train.images.shape[1:] == (1, 32, 32)
+    assert load_dataset("digits-clutter", size=300, image_size=24, channels=3).train.images.shape[1:] == (3, 24, 24)
+    assert clutter_counts(None) == {"train": 3000, "val": 600, "test": 600}
 
 
 def test_three_by_three_mosaics_follow_the_rule():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from compress.data.base import DatasetSplits, SourceData
 from compress.data.cifar import load_cifar_source
+from compress.data.clutter import load_clutter_source
 from compress.data.digits import load_digits_source
 from compress.data.imagefolder import load_imagefolder_source
 from compress.data.mosaic import load_mosaic_source
@@ -11,7 +12,7 @@ from compress.data.splits import assemble
 from compress.data.synthetic import load_synthetic_source
 from compress.errors import DataError
 
-SOURCES = ("digits", "digits-mosaic", "synthetic", "imagefolder", "cifar10")
+SOURCES = ("digits", "digits-mosaic", "digits-clutter", "synthetic", "imagefolder", "cifar10")
 PATH_SOURCES = ("imagefolder", "cifar10")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 4, 1024
 
@@ -76,7 +77,7 @@ def load_dataset(
 
     ``normalize=None`` computes per-channel mean/std on the train split; ``{"mean": [...], "std": [...]}``
     declares them. Options a source has no use for are ignored (``path`` except for imagefolder/cifar10,
-    ``size`` except for synthetic/digits-mosaic, ``test_fraction`` for cifar10 whose test set is fixed);
+    ``size`` except for synthetic/digits-mosaic/digits-clutter, ``test_fraction`` for cifar10 whose test set is fixed);
     ``num_classes`` sets the class count of synthetic data and is checked against every other source.
     """
     _check_options(
@@ -99,6 +100,8 @@ def load_dataset(
     elif source == "digits-mosaic":
         data = load_mosaic_source(image_size=image_size, channels=channels, seed=seed, size=size, grid=grid,
                                   **fractions)
+    elif source == "digits-clutter":
+        data = load_clutter_source(image_size=image_size, channels=channels, seed=seed, size=size, **fractions)
     elif source == "synthetic":
         data = load_synthetic_source(
             num_classes=num_classes, channels=channels, image_size=image_size, size=size, seed=seed, **fractions
