@@ -70,8 +70,11 @@ POOL_PER_PATTERN = 120
 # build its blocks), the data pipeline, the trainer and the accuracy measure (plus standalone_accuracy itself,
 # added in code_version). Not the supernet or the search space: the key holds the exact model config the
 # supernet extracts, so supernet training options and space fixes keep the measured ground truth.
-TRAINING_SOURCES = ("compress/nn", "compress/data", "compress/policies/finetune.py", "compress/policies/distill.py",
-                    "compress/measure/accuracy.py", "compress/families", "compress/registry.py")
+# Of the data package only what training reads (splits, loaders, augmentation): the images and labels a task
+# loads are in the key by content (data_fingerprint), so a new data source does not void every task's results.
+TRAINING_SOURCES = ("compress/nn", "compress/data/base.py", "compress/data/loaders.py", "compress/policies/finetune.py",
+                    "compress/policies/distill.py", "compress/measure/accuracy.py", "compress/families",
+                    "compress/registry.py")
 
 
 # --------------------------------------------------------------------------------------------------
