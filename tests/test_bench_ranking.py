@@ -87,6 +87,15 @@ def test_cache_key_changes_with_the_trainer_source(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "ROOT", fake_root)
     monkeypatch.setattr(benchlib, "ROOT", fake_root)
     same = bench.code_version()
+    # a new data source leaves every task's ground truth valid (a task's images are keyed by content) ...
+    (fake_root / "compress" / "data" / "another_source.py").write_text("X = 1\n")
+    assert bench.code_version() == same
+    # ... while a change to what training reads of the data package does not
+    loaders = fake_root / "compress" / "data" / "loaders.py"
+    original = loaders.read_text()
+    loaders.write_text(original + "\n# a change\n")
+    assert bench.code_version() != same
+    loaders.write_text(original)
     trainer = fake_root / "compress" / "policies" / "finetune.py"
     trainer.write_text(trainer.read_text() + "\n# a change\n")
     changed = bench.code_version()
