@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def results_name(loaded: LoadedRecipe) -> str:
-    # The quickstart's results keep their historical name; other tasks get their own files.
+    # The quickstart's results keep their historical name (search_digits.md holds those of its earlier task,
+    # plain digits); other tasks get their own files.
     return "search" if loaded.name == "quickstart" else f"search_{loaded.name}"
 
 

@@ -17,7 +17,7 @@ forest         0.49                 0.61, 22.7%, 32%                 0.80, 20.0%
 
 and it fits in a fraction of a second at these sizes (0.1 s per target on one shared core; the random
 forest 0.4 s). 40 trials are few: ``scripts/bench_search.py`` measures the same on the trials of its studies.
-(A latency re-measured three times moves by ~11% between runs, bench_results/search.md, so +-10% is near
+(A latency re-measured three times moves by ~11% between runs, bench_results/search_digits.md, so +-10% is near
 what any predictor can reach.)
 
 Positive targets spanning more than a factor of two (latency, size, MACs) are fitted on their logarithm:
