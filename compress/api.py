@@ -208,21 +208,24 @@ def select_trials(study: optuna.Study, trials: list[int] | None, pareto: bool) -
 
 
 def export_trials(loaded: LoadedRecipe, context: BuildContext, study: optuna.Study, trials, out_dir: Path, *,
-                  storage_url: str, supernet_key: str, log=None) -> list[Path]:
-    """Rebuild each trial with the search's own ``build_candidate`` and write it as an artifact."""
+                  storage_url: str, supernet_key: str, run_dir: Path | None = None, log=None) -> list[Path]:
+    """Rebuild each trial with the search's own ``build_candidate`` and write it as an artifact. A trial whose
+    trained weights the search kept in ``run_dir`` is built with them instead of training again."""
     from compress.export.artifact import write_artifact
     from compress.measure.accuracy import accuracy
     from compress.provenance import machine, package_versions
     from compress.search.candidate import CandidateSpec, build_candidate, measure_candidate
     from compress.search.record import TrialRecord
     from compress.search.study import redact_url
+    from compress.search.trial_weights import kept as kept_weights
 
     log = log or logger.info
     written = []
     for trial in trials:
         record = TrialRecord.from_trial(trial)
         spec = CandidateSpec.from_dict(record.spec)
-        candidate = build_candidate(context, spec)
+        trained = kept_weights(trial, run_dir) if run_dir is not None and spec.policies.distill.enabled else None
+        candidate = build_candidate(context, spec, trained)
         metrics = measure_candidate(candidate, context)
         runner = candidate.deployable.runner(threads=1)
         test_acc = accuracy(runner, context.data.test, context.eval_batch_size)
@@ -237,6 +240,9 @@ def export_trials(loaded: LoadedRecipe, context: BuildContext, study: optuna.Stu
             "storage": redact_url(storage_url),
             "trial": trial.number,
             "trial_metrics": {k: recorded[k] for k in ("accuracy", "latency_ms", "size_mb")},
+            # how its recovery distillation was had: the trial's kept weights, or trained again (the same model)
+            "recovery": ("none" if not spec.policies.distill.enabled
+                         else "the trial's kept weights" if trained is not None else "trained again"),
             "data": loaded.data_record(),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": package_versions(),
@@ -247,13 +253,14 @@ def export_trials(loaded: LoadedRecipe, context: BuildContext, study: optuna.Stu
                               write_onnx=loaded.recipe.export.onnx)
         log(f"exported trial {trial.number} -> {path}: acc {metrics.accuracy:.4f} (trial {recorded['accuracy']:.4f}), "
             f"test {test_acc:.4f}, latency {metrics.latency_ms:.3f} ms (trial {recorded['latency_ms']:.3f}), "
-            f"size {metrics.size_mb:.3f} MB (trial {recorded['size_mb']:.3f})")
+            f"size {metrics.size_mb:.3f} MB (trial {recorded['size_mb']:.3f})"
+            + (f"; recovery: {provenance['recovery']}" if spec.policies.distill.enabled else ""))
         written.append(path)
     return written
 
 
 def _export_from(loaded: LoadedRecipe, study: optuna.Study, url: str, chosen, checkpoint_dir: Path,
-                 out: Path) -> list[Path]:
+                 out: Path, run_dir: Path) -> list[Path]:
     from compress.search.loop import anchor_reference, load_context
     from compress.supernet.checkpoint import load_supernet
 
@@ -261,7 +268,7 @@ def _export_from(loaded: LoadedRecipe, study: optuna.Study, url: str, chosen, ch
     context = load_context(loaded, checkpoint)
     anchor_reference(context, study)
     return export_trials(loaded, context, study, chosen, out, storage_url=url,
-                         supernet_key=checkpoint.meta["supernet_key"])
+                         supernet_key=checkpoint.meta["supernet_key"], run_dir=run_dir)
 
 
 def export_artifacts(run_dir: str | Path, *, trials: list[int] | None = None, pareto: bool = False,
@@ -285,7 +292,7 @@ def export_artifacts(run_dir: str | Path, *, trials: list[int] | None = None, pa
         chosen = select_trials(study_obj, trials, pareto)
         checkpoint_dir = Path(supernet) if supernet else supernet_dir(run_dir)
         out_dir = ensure_writable_dir(Path(out) if out else run_dir / "artifacts", "export --out")
-        return _export_from(loaded, study_obj, url, chosen, checkpoint_dir, out_dir)
+        return _export_from(loaded, study_obj, url, chosen, checkpoint_dir, out_dir, run_dir)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,7 +336,7 @@ def _run(loaded: LoadedRecipe, run_dir: Path, storage: str | None, study: str | 
     if loaded.recipe.export.pareto:
         logger.info("[3/3] export of the Pareto front")
         artifacts = _export_from(loaded, study_obj, url, select_trials(study_obj, None, True), ckpt_dir,
-                                 run_dir / "artifacts")
+                                 run_dir / "artifacts", run_dir)
     return study_obj, artifacts
 
 

@@ -323,6 +323,9 @@ class SearchConfig(_Strict):
     retry_failed: int = Field(default=0, ge=0, le=100, description="re-queue a trial whose worker died, this often")
     heartbeat_s: int = Field(default=30, ge=1, le=3600)
     eval_batch_size: int = Field(default=256, ge=1)
+    # Keep the weights each distilling trial trained (under the run directory's trial-weights/, the size of its
+    # float model each), so export loads them instead of training the front again (compress.search.trial_weights)
+    keep_trial_weights: bool = True
 
     @field_validator("objectives")
     @classmethod

@@ -127,3 +127,45 @@ def test_safetensors_whose_header_length_starts_with_0x80_are_not_taken_for_pick
         (tmp_path / "model.safetensors").write_bytes(refused)
         with pytest.raises(CheckpointError, match="refuses to unpickle"):
             load_safetensors(tmp_path / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_export_loads_the_weights_a_trial_trained_and_trains_again_without_them(tiny_run, monkeypatch):
+    """A distilling trial keeps its recovered weights; export builds it from them without training, and, with
+    them gone (another machine's trial), trains again and gets the same model."""
+    import shutil
+
+    import compress.search.candidate as candidate_module
+    from compress.api import export_artifacts
+    from compress.recipe import load_recipe
+    from compress.rundir import save_run_info
+    from compress.search.loop import run_search
+    from compress.search.record import TrialRecord
+    from compress.search.trial_weights import STORE_DIR
+
+    policies = {"quantize": {"calibration_batches": 2}, "distill": {"enabled": True, "steps": [6]}}
+    loaded = load_recipe(tiny_run(search={"n_trials": 6, "sampler": {"name": "random"}, "policies": policies}))
+    run_dir = loaded.run_dir()
+    study = run_search(loaded, run_dir, log=lambda *_: None)
+    save_run_info(run_dir, loaded, f"sqlite:///{run_dir / 'study.db'}", "tiny")
+    records = [TrialRecord.from_trial(t) for t in study.trials if t.state.name == "COMPLETE"]
+    distilled = [r for r in records if r.spec["policies"]["distill"]["steps"] > 0]
+    assert distilled, "no trial of this seed chose recovery distillation; pick another seed"
+    assert all(r.weights for r in distilled) and not any(r.weights for r in records if r not in distilled)
+    number = distilled[0].number
+
+    trainings = []
+    real_finetune = candidate_module.finetune
+    monkeypatch.setattr(candidate_module, "finetune", lambda *a, **k: (trainings.append(1), real_finetune(*a, **k))[1])
+
+    def export_once(out: str) -> dict:
+        (path,) = export_artifacts(run_dir, trials=[number], out=run_dir / out)
+        return json.loads((path / "config.json").read_text())
+
+    from_kept = export_once("kept")
+    assert trainings == [] and from_kept["provenance"]["recovery"] == "the trial's kept weights"
+    shutil.rmtree(run_dir / STORE_DIR)
+    retrained = export_once("retrained")
+    assert trainings == [1] and retrained["provenance"]["recovery"] == "trained again"
+    # Both are the model the trial measured.
+    assert from_kept["metrics"]["accuracy"] == retrained["metrics"]["accuracy"] == distilled[0].metrics["accuracy"]

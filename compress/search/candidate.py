@@ -42,6 +42,7 @@ from compress.supernet.hybrid import HybridSupernet
 from compress.supernet.subnet import calibrated_subnet
 from compress.nn.bn import recalibrate_bn
 from compress.policies.finetune import finetune
+from compress.weights import load_into
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,11 @@ def _labeled_batch(split: Split, n: int, seed: int) -> tuple[torch.Tensor, torch
     return split.images[idx].float().div_(255.0), split.labels[idx]
 
 
-def build_candidate(context: BuildContext, spec: CandidateSpec) -> Candidate:
+def build_candidate(context: BuildContext, spec: CandidateSpec,
+                    trained: dict[str, torch.Tensor] | None = None) -> Candidate:
+    """The candidate ``spec`` describes. ``trained``: the tensors this same build produced before (its trial's,
+    kept by :mod:`compress.search.trial_weights`), loaded in place of recovery distillation's training, the
+    one step that costs seconds; every other step runs as always."""
     torch.manual_seed(spec.seed)
     policies = spec.policies
     model = calibrated_subnet(context.supernet, spec.arch, context.bn_batches)
@@ -197,7 +202,9 @@ def build_candidate(context: BuildContext, spec: CandidateSpec) -> Candidate:
             notes["merge"] = f"skipped: {reason}"
         else:
             apply_merge(model, policies.merge)
-    if policies.distill.enabled:
+    if policies.distill.enabled and trained is not None:
+        load_into(model, trained, "the trial's kept weights")
+    elif policies.distill.enabled:
         d, aug = policies.distill, context.augment
         finetune(model, context.data.train, steps=d.steps, lr=d.lr, batch_size=d.batch_size, seed=spec.seed,
                  teacher=context.teacher(), policy=d, crop_padding=aug.crop_padding, hflip=aug.hflip)

@@ -41,6 +41,7 @@ from compress.search.study import (
     worker_id,
 )
 from compress.search.suggest import baseline_specs, params_of, suggest_spec
+from compress.search.trial_weights import keep as keep_weights
 from compress.supernet.checkpoint import SupernetCheckpoint, load_supernet
 from compress.supernet.checkpoint import supernet_dir
 
@@ -170,6 +171,8 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             record_failure(trial, f"non-finite metric: {values}")
             raise TrialError(f"non-finite metric: {values}")
         record_result(trial, metrics.to_dict(), candidate.notes)
+        if cfg.keep_trial_weights and spec.policies.distill.enabled:
+            keep_weights(trial, candidate.model, run_dir)
         for constraint in cfg.constraints:
             trial.set_constraint(str(constraint), constraint.violation(values))
         return [values[m] for m in objectives]

@@ -23,6 +23,9 @@ DEVICE_FAILURE = "compress.device_failure"  # why its device server was unavaila
 # What the predictor sampler expected of the trial before it was measured (set by the sampler, not the loop):
 # {"objectives": {metric: value}, "constraints": {constraint: value}, "how": ..., "fitted_on": trials}
 PREDICTED = "compress.predicted"
+# The artifact id of the weights the trial trained (recovery distillation), kept so that export does not train
+# them again (compress.search.trial_weights)
+WEIGHTS = "compress.trial_weights"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class TrialRecord:
     versions: dict[str, str] = field(default_factory=dict)
     values: tuple[float, ...] | None = None  # the objective values Optuna holds
     predicted: dict[str, Any] = field(default_factory=dict)  # PREDICTED, when the predictor sampler chose it
+    weights: str = ""  # WEIGHTS: the artifact id of its kept trained weights, if any
 
     @classmethod
     def from_trial(cls, trial: FrozenTrial) -> "TrialRecord":
@@ -51,7 +55,7 @@ class TrialRecord:
                    device_failure=attrs.get(DEVICE_FAILURE, "") or "", baseline=attrs.get(BASELINE, "") or "", worker=dict(attrs.get(WORKER, {})),
                    versions=dict(attrs.get(VERSIONS, {})),
                    values=tuple(trial.values) if trial.values is not None else None,
-                   predicted=dict(attrs.get(PREDICTED, {})))
+                   predicted=dict(attrs.get(PREDICTED, {})), weights=attrs.get(WEIGHTS, "") or "")
 
     @property
     def complete(self) -> bool:
@@ -66,7 +70,7 @@ class TrialRecord:
                 "policies": self.policies, "metrics": self.metrics, "notes": self.notes,
                 "fail_reason": self.fail_reason, "device_failure": self.device_failure, "baseline": self.baseline, "worker": self.worker,
                 "versions": self.versions, "values": list(self.values) if self.values is not None else None,
-                "predicted": self.predicted}
+                "predicted": self.predicted, "weights": self.weights}
 
 
 def record_start(trial: optuna.Trial, spec, versions: dict[str, str]) -> None:
@@ -80,6 +84,10 @@ def record_start(trial: optuna.Trial, spec, versions: dict[str, str]) -> None:
 def record_result(trial: optuna.Trial, metrics: dict[str, Any], notes: dict[str, str]) -> None:
     trial.set_user_attr(METRICS, metrics)
     trial.set_user_attr(NOTES, notes)
+
+
+def record_weights(trial: optuna.Trial, artifact_id: str) -> None:
+    trial.set_user_attr(WEIGHTS, artifact_id)
 
 
 def record_failure(trial: optuna.Trial, reason: str, device_failure: str | None = None) -> None:
