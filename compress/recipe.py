@@ -47,7 +47,8 @@ PER_DEVICE_METRICS = ("latency_ms", "latency_p90_ms")
 # (LoadedRecipe.supernet_key) after studies and checkpoints had stored theirs, by (part, section..., field),
 # with the value that keeps the earlier behaviour.
 LATER_FIELDS: dict[tuple[str, ...], Any] = {("policies", "quantize", "granularity"): "unit",
-                                            ("supernet", "subnet_sampling"): "uniform"}
+                                            ("supernet", "subnet_sampling"): "uniform",
+                                            ("supernet", "seed"): None}
 
 
 def _drop_neutral_later_fields(parts: dict[str, dict]) -> None:
@@ -144,6 +145,13 @@ class SupernetConfig(_Strict):
     bn_calibration_batches: int = Field(default=10, ge=1, le=10_000)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between resumable checkpoints")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # The training's own seed (initialization, sampled subnets, batch order, augmentation); default the recipe's
+    # seed, which also draws the data splits. Another value trains another supernet on the same data: how much a
+    # ranking figure owes to one training run (README, "How well the supernet ranks").
+    seed: int | None = Field(default=None, ge=0)
+
+    def training_seed(self, recipe_seed: int) -> int:
+        return recipe_seed if self.seed is None else self.seed
 
 
 class ObjectiveConfig(_Strict):

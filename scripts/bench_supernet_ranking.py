@@ -26,6 +26,7 @@ truth, and an interrupted run resumes where it stopped.
     python scripts/bench_supernet_ranking.py --task mosaic --ablation baseline=runs/a/supernet \\
         --ablation few-shot=runs/b/supernet                                     # one row per training option
     python scripts/bench_supernet_ranking.py --task mosaic --recovery-steps 50,200   # and after recovery steps
+    python scripts/bench_supernet_ranking.py --task mosaic --calibration-draws 5   # and with 4 other BN draws
 
 ``--task`` is a recipe name under recipes/, a recipe file, or a directory holding ``recipe.yaml`` (what
 make_photo_task.py writes). ``--epochs`` overrides the recipe's supernet epochs, and so the stand-alone budget;
@@ -50,6 +51,7 @@ import torch
 from benchlib import RESULTS, ROOT, ResultCache, environment, noise_ceiling, rank_statistics, resolve_task, \
     save_figure, source_hash, top_overlap, write_results
 
+from compress.data.loaders import BN_BATCH_SIZE, calibration_batches
 from compress.errors import CompressError
 from compress.measure.accuracy import accuracy
 from compress.measure.macs import count_macs
@@ -65,6 +67,7 @@ from compress.policies.finetune import finetune
 from compress.search.candidate import CandidateSpec, build_candidate
 
 CACHE = RESULTS / "supernet_ranking_standalone.json"
+DRAW_SEED_STEP = 1000  # --calibration-draws: draw j's seed is the recipe's + j * this, clear of the search's own
 POOL_PER_PATTERN = 120
 # The source that decides what a stand-alone accuracy is: the static model (nn, and the family plugins that
 # build its blocks), the data pipeline, the trainer and the accuracy measure (plus standalone_accuracy itself,
@@ -267,15 +270,27 @@ def recovered_accuracy(context, arch: Arch, steps: int, recipe, weight: float = 
     return accuracy(candidate.model, context.data.val)
 
 
+def calibration_draws(context, recipe, k: int) -> list[list[torch.Tensor]]:
+    """``k - 1`` further sets of BatchNorm calibration batches, as many as the search uses, drawn with other
+    seeds: an inherited accuracy depends on which images recalibrated it, and so does a ranking of them."""
+    n = len(context.bn_batches)
+    return [calibration_batches(context.data.train, n, BN_BATCH_SIZE, seed=recipe.seed + DRAW_SEED_STEP * j)
+            for j in range(1, k)]
+
+
 def inherited_rows(checkpoint, context, archs: list[tuple[Arch, int]], truth: GroundTruth, seed: int,
-                   label: str = "", recovery: tuple[int, ...] = (), recipe=None, weight: float = 0.9) -> list[dict]:
+                   label: str = "", recovery: tuple[int, ...] = (), recipe=None, weight: float = 0.9,
+                   draws: int = 1) -> list[dict]:
     rows = []
+    others = calibration_draws(context, recipe, draws)
     for i, (arch, macs) in enumerate(archs):
         inherited = accuracy(calibrated_subnet(checkpoint.supernet, arch, context.bn_batches), context.data.val)
+        again = [accuracy(calibrated_subnet(checkpoint.supernet, arch, bn), context.data.val) for bn in others]
         recovered = {k: recovered_accuracy(context, arch, k, recipe, weight) for k in recovery}
         standalone, seconds, hit = truth(arch, seed)
         rows.append({"arch": arch.describe(), "pattern": pattern(arch), "kind": family_kind(arch),
-                     "last": arch.stages[-1].block, "macs": macs, "inherited": inherited, "standalone": standalone,
+                     "last": arch.stages[-1].block, "macs": macs, "inherited": inherited,
+                     "inherited_draws": [inherited, *again], "standalone": standalone,
                      "gap": inherited - standalone, "recovered": recovered, "seed": seed, "train_seconds": seconds,
                      "cached": hit})
         print(f"{label}[{i + 1}/{len(archs)}] {macs / 1e6:5.2f}M {arch.describe()}: inherited {inherited:.4f} "
@@ -299,7 +314,19 @@ def summarize(rows: list[dict], steps: int = 0) -> dict:
     for last in sorted({r["last"] for r in rows}):
         g = [m - r["standalone"] for m, r in zip(values, rows) if r["last"] == last]
         gaps[f"{last}-ending"] = {"n": len(g), "mean": statistics.fmean(g), "min": min(g), "max": max(g)}
-    return {**stats, "top_quarter": [hit, k], "gap_by_last_family": gaps}
+    out = {**stats, "top_quarter": [hit, k], "gap_by_last_family": gaps}
+    n_draws = min(len(r.get("inherited_draws", [])) for r in rows)
+    if steps == 0 and n_draws > 1:
+        per_draw = [rank_statistics([r["inherited_draws"][j] for r in rows], standalone, resamples=0)["spearman"]
+                    for j in range(n_draws)]
+        out["spearman_draws"] = {"values": per_draw, "min": min(per_draw), "median": statistics.median(per_draw),
+                                 "max": max(per_draw)}
+    return out
+
+
+def fmt_draws(s: dict) -> str:
+    d = s.get("spearman_draws")
+    return f"{d['median']:.3f} ({d['min']:.2f} to {d['max']:.2f})" if d else "-"
 
 
 def recovery_lines(rows: list[dict], recovery: tuple[int, ...], weight: float = 0.9) -> tuple[list[str], dict]:
@@ -373,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also rank after K steps of the search's recovery distillation of each subnet")
     parser.add_argument("--recovery-weight", type=float, default=0.9,
                         help="weight of the largest subnet's soft labels in that recovery (0: labels only)")
+    parser.add_argument("--calibration-draws", type=int, default=1, metavar="K",
+                        help="also rank with K-1 other draws of the BatchNorm calibration images (how much the "
+                             "figure owes to which images recalibrated the subnets)")
     args = parser.parse_args(argv)
     args.recovery = parse_steps(args.recovery_steps)
     if args.recovery is None:
@@ -382,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.recovery_weight <= 1:
         print(f"error: --recovery-weight must be in [0, 1], got {args.recovery_weight}", file=sys.stderr)
         return 2
-    for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1), ("jobs", 1)):
+    for field, least in (("archs", 2), ("noise_archs", 0), ("epochs", 1), ("pool", 1), ("jobs", 1),
+                         ("calibration_draws", 1)):
         value = getattr(args, field)
         if value is not None and value < least:
             print(f"error: --{field.replace('_', '-')} is too small: {value}", file=sys.stderr)
@@ -426,7 +457,7 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
     prefetch(truth, [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1) for i in picks],
              args.jobs, loaded.path, args.epochs, checkpoint.path)
     rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, recovery=args.recovery, recipe=recipe,
-                          weight=args.recovery_weight)
+                          weight=args.recovery_weight, draws=args.calibration_draws)
 
     noise = []
     n_noise = len(picks)
@@ -459,6 +490,9 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
     md += ["", f"- Spearman rho = {fmt_interval(summary, 'spearman')}, Kendall tau = {fmt_interval(summary, 'kendall')} "
            "(bootstrap 90% intervals over architectures; BossNAS: Spearman 0.78 / 0.76; target >= 0.8, lower end > 0.6).",
            f"- Top quarter: {hit} of the {k} best by inherited accuracy are among the {k} best stand-alone.",
+           *([f"- Spearman over {args.calibration_draws} draws of the BatchNorm calibration images: median "
+              f"{fmt_draws(summary)} (min to max); the figures above use the search's own draw."]
+             if "spearman_draws" in summary else []),
            "- Gap, inherited minus stand-alone, by the family of the last stage: "
            + "; ".join(f"{fam} {100 * g['mean']:+.2f} pt (n={g['n']}, {100 * g['min']:+.1f} to {100 * g['max']:+.1f})"
                        for fam, g in summary["gap_by_last_family"].items()) + ".",
@@ -514,7 +548,8 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
         truth = GroundTruth(loaded, context.data, checkpoint.supernet, cache)
         prefetch(truth, [(a, m, recipe.seed) for a, m in archs], args.jobs, loaded.path, args.epochs, path)
         rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, label=f"{name} ",
-                              recovery=args.recovery, recipe=recipe, weight=args.recovery_weight)
+                              recovery=args.recovery, recipe=recipe, weight=args.recovery_weight,
+                              draws=args.calibration_draws)
         meta = checkpoint.meta
         if meta.get("epochs") != cfg.epochs:
             print(f"note: {name} was trained for {meta.get('epochs')} epochs; stand-alone budget is {cfg.epochs}",
@@ -525,10 +560,12 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
                         "resumed_from_epoch": meta.get("resumed_from_epoch"), "metrics": meta["metrics"],
                         "rows": rows, **summarize(rows), "recovery": recovery})
     families = sorted({f for r in results for f in r["gap_by_last_family"]})
+    draws = int(args.calibration_draws > 1)
     md = [f"## Supernet training options ranked on `{loaded.name}` ({len(archs)} architectures, stand-alone budget "
           f"{cfg.epochs} epochs)", "",
           "| option | epochs | training time | largest | smallest | Spearman [90%] | Kendall [90%] | top quarter | "
-          + " | ".join(f"gap {f}" for f in families) + " |", "| --- " * (8 + len(families)) + "|"]
+          + " | ".join(f"gap {f}" for f in families) + " |" + (" Spearman, BN draws |" if draws else ""),
+          "| --- " * (8 + len(families) + draws) + "|"]
     for r in results:
         smallest = ", ".join(f"{k.removeprefix('smallest_')} {100 * v:.2f}%" for k, v in r["metrics"].items()
                              if k.startswith("smallest"))
@@ -537,9 +574,12 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
                   f"{smallest} | {fmt_interval(r, 'spearman')} | {fmt_interval(r, 'kendall')} | "
                   f"{r['top_quarter'][0]}/{r['top_quarter'][1]} | "
                   + " | ".join(f"{100 * r['gap_by_last_family'][f]['mean']:+.2f} pt" if f in r["gap_by_last_family"]
-                               else "-" for f in families) + " |")
+                               else "-" for f in families) + " |" + (f" {fmt_draws(r)} |" if draws else ""))
     md += ["", "Training time is the checkpoint's own record (this session's seconds; a resumed run counts only the "
-           "part after resuming).", ""]
+           "part after resuming)."
+           + (f" Spearman, BN draws: the median (min to max) over {args.calibration_draws} draws of the BatchNorm "
+              "calibration images, the search's own included; the other columns use the search's own draw."
+              if draws else ""), ""]
     for name, lines in recovery_md.items():
         if lines:
             md += [f"### {name}", "", *lines]

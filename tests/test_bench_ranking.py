@@ -222,3 +222,19 @@ def test_recovery_ranking_reads_the_recovered_accuracy():
     assert after["gap_by_last_family"]["conv-ending"]["mean"] == pytest.approx(-0.05)
     md, stats = bench.recovery_lines(rows, (50,))
     assert set(stats) == {"50"} and any(line.startswith("| 50 | 1.000") for line in md)
+
+
+def test_calibration_draws_are_ranked_one_by_one():
+    # The search's own draw ranks these four perfectly; a second draw reverses two of them.
+    rows = [{"inherited": 0.5 + 0.1 * i, "standalone": 0.5 + 0.1 * i, "recovered": {},
+             "inherited_draws": [0.5 + 0.1 * i, [0.6, 0.5, 0.7, 0.8][i]], "last": "conv"} for i in range(4)]
+    s = bench.summarize(rows)
+    assert s["spearman"] == pytest.approx(1.0)
+    assert s["spearman_draws"]["values"] == pytest.approx([1.0, 0.8])
+    assert bench.fmt_draws(s) == "0.900 (0.80 to 1.00)"
+    assert "spearman_draws" not in bench.summarize([{**r, "inherited_draws": r["inherited_draws"][:1]} for r in rows])
+
+
+def test_bad_calibration_draws_exit_2(capsys):
+    assert bench.main(["--calibration-draws", "0"]) == 2
+    assert "--calibration-draws" in capsys.readouterr().err

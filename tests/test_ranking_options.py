@@ -92,12 +92,35 @@ def test_a_supernet_option_added_later_keeps_earlier_checkpoints(tmp_path):
     # the key a checkpoint stored before subnet_sampling existed: the same hash without that field
     parts = {"data": {**loaded.recipe.data.model_dump(mode="json"), "path": loaded.data_fingerprint()},
              "space": loaded.space.to_dict(), "seed": loaded.recipe.seed,
-             "supernet": loaded.recipe.supernet.model_dump(mode="json", exclude={"subnet_sampling"})}
+             "supernet": loaded.recipe.supernet.model_dump(mode="json", exclude={"subnet_sampling", "seed"})}
     before = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     assert loaded.supernet_key() == before
     (tmp_path / "b").mkdir()
     sized = load_recipe(tiny_recipe(tmp_path / "b", supernet={"subnet_sampling": "size"}))
     assert sized.supernet_key() != before
+
+
+@pytest.mark.slow
+def test_a_supernet_seed_trains_another_supernet_on_the_same_data(tmp_path):
+    from compress.recipe import load_recipe
+    from compress.supernet.checkpoint import load_supernet
+    from compress.train.supernet import train_supernet
+    from tests.conftest import tiny_recipe
+
+    trained = {}
+    for seed in (None, 0, 7):
+        (tmp_path / str(seed)).mkdir()
+        loaded = load_recipe(tiny_recipe(tmp_path / str(seed), supernet={"epochs": 1, "seed": seed}))
+        ckpt = load_supernet(train_supernet(loaded, loaded.run_dir(None), log=lambda *_: None))
+        trained[seed] = (loaded, ckpt.supernet.state_dict())
+    (default, w_default), (same, w_same), (other, w_other) = trained.values()
+    # The recipe's seed is the default training seed: seed 0 of a seed-0 recipe is the same training.
+    assert all(torch.equal(w_default[k], w_same[k]) for k in w_default)
+    assert not all(torch.equal(w_default[k], w_other[k]) for k in w_default)
+    # The data is drawn by the recipe's seed alone: the same splits for every training seed.
+    a, b = default.load_data(), other.load_data()
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.val.labels, b.val.labels)
+    assert default.supernet_key() != other.supernet_key()
 
 
 @pytest.mark.slow

@@ -143,7 +143,8 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
         mixed_precision=cfg.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    set_seed(recipe.seed)
+    seed = cfg.training_seed(recipe.seed)
+    set_seed(seed)
     data = data or loaded.load_data()
     supernet = HybridSupernet(space, data.in_channels, data.num_classes, data.mean, data.std, few_shot=cfg.few_shot)
     if cfg.gradient_projection and accelerator.num_processes > 1:
@@ -192,10 +193,10 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
         model.train()
         # Seeded per epoch, so a resumed run sees the same batches and subnets as an uninterrupted one and
         # every rank samples the same subnets.
-        rng = random.Random(recipe.seed * 100_003 + epoch)
-        aug_gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+        rng = random.Random(seed * 100_003 + epoch)
+        aug_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         loader = accelerator.prepare_data_loader(
-            make_loader(data.train, cfg.batch_size, shuffle=True, seed=recipe.seed * 100_003 + epoch, drop_last=True)
+            make_loader(data.train, cfg.batch_size, shuffle=True, seed=seed * 100_003 + epoch, drop_last=True)
         )
         epoch_loss, seen = 0.0, 0
         for x, y in loader:
