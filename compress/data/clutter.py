@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from compress.data.base import SourceData, Split
-from compress.data.digits import CLASS_NAMES, base_digits, digit_split_indices
+from compress.data.digits import CLASS_NAMES, as_channels, base_digits, composed_counts, digit_split_indices
 from compress.data.images import resize_float, resize_uint8, to_uint8
 from compress.data.mosaic import SPLIT_NAMES
 
@@ -78,10 +78,7 @@ def compose_clutter(images: torch.Tensor, labels: torch.Tensor, n: int, seed, po
 
 def clutter_counts(size: int | None) -> dict[str, int]:
     """Fields per split: ``size`` (default 3000) for train; 600 each for val/test, fewer for small ``size``."""
-    if size is None:
-        return {"train": DEFAULT_TRAIN_SIZE, "val": DEFAULT_EVAL_SIZE, "test": DEFAULT_EVAL_SIZE}
-    held_out = min(DEFAULT_EVAL_SIZE, max(100, size // 5))
-    return {"train": size, "val": held_out, "test": held_out}
+    return composed_counts(size, train=DEFAULT_TRAIN_SIZE, held_out=DEFAULT_EVAL_SIZE, least=100, share=5)
 
 
 def build_clutter_splits(digits: torch.Tensor, labels: torch.Tensor, pools: dict[str, torch.Tensor],
@@ -101,7 +98,7 @@ def load_clutter_source(*, image_size: int | None, channels: int | None, val_fra
     splits = {}
     for name, c in build_clutter_splits(digits, labels, pools, counts, seed, fragments).items():
         out = resize_uint8(c.images, image_size or CANVAS)
-        splits[name] = Split(out.repeat(1, 3, 1, 1) if channels == 3 else out, c.labels)
+        splits[name] = Split(as_channels(out, channels), c.labels)
     return SourceData(
         **splits,
         class_names=list(CLASS_NAMES),

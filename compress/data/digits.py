@@ -28,14 +28,26 @@ def digit_split_indices(
     return {"train": train, "val": val, "test": test}
 
 
+def as_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Grayscale digit images (N, 1, H, W) as they are, or repeated to three channels when an RGB model wants them."""
+    return images.repeat(1, 3, 1, 1) if channels == 3 else images
+
+
+def composed_counts(size: int | None, *, train: int, held_out: int, least: int, share: int) -> dict[str, int]:
+    """Images per split of a source composed from the digits (mosaics, cluttered fields): ``size`` (default
+    ``train``) for train, and for val and test each ``size // share``, kept within [``least``, ``held_out``]."""
+    if size is None:
+        return {"train": train, "val": held_out, "test": held_out}
+    n = min(held_out, max(least, size // share))
+    return {"train": size, "val": n, "test": n}
+
+
 def load_digits_source(
     *, image_size: int | None, channels: int | None, val_fraction: float, test_fraction: float, seed: int
 ) -> SourceData:
     images, labels = base_digits()
     images = to_uint8(resize_float(images, image_size or NATIVE_SIZE))
-    if channels == 3:
-        images = images.repeat(1, 3, 1, 1)
-    full = Split(images, labels)
+    full = Split(as_channels(images, channels), labels)
     parts = digit_split_indices(labels, val_fraction, test_fraction, seed)
     return SourceData(
         train=full.select(parts["train"]),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from compress.data.base import SourceData, Split
-from compress.data.digits import CLASS_NAMES, base_digits, digit_split_indices
+from compress.data.digits import CLASS_NAMES, as_channels, base_digits, composed_counts, digit_split_indices
 from compress.data.images import resize_float, resize_uint8, to_uint8
 
 CELL_SIZES = {2: 16, 3: 10}  # pixels per cell: mosaics of 32 and 30 pixels
@@ -85,10 +85,7 @@ def compose_mosaics(
 
 def mosaic_counts(size: int | None) -> dict[str, int]:
     """Mosaics per split: ``size`` (default 6000) for train; 1000 each for val/test, fewer for small ``size``."""
-    if size is None:
-        return {"train": DEFAULT_TRAIN_SIZE, "val": DEFAULT_EVAL_SIZE, "test": DEFAULT_EVAL_SIZE}
-    held_out = min(DEFAULT_EVAL_SIZE, max(MIN_EVAL_SIZE, size // 6))
-    return {"train": size, "val": held_out, "test": held_out}
+    return composed_counts(size, train=DEFAULT_TRAIN_SIZE, held_out=DEFAULT_EVAL_SIZE, least=MIN_EVAL_SIZE, share=6)
 
 
 def build_mosaic_splits(
@@ -125,7 +122,7 @@ def load_mosaic_source(
     splits = {}
     for name, m in mosaics.items():
         out = resize_uint8(m.images, image_size or grid * cell)
-        splits[name] = Split(out.repeat(1, 3, 1, 1) if channels == 3 else out, m.labels)
+        splits[name] = Split(as_channels(out, channels), m.labels)
     return SourceData(
         **splits,
         class_names=list(CLASS_NAMES),
