@@ -1,8 +1,9 @@
 """Weights a trial trained, kept so that exporting it does not train it again.
 
-Recovery distillation is most of a distilling trial's time (on the quickstart about 10 of its 12 seconds), and
-export rebuilds each front trial with the search's own, deterministic ``build_candidate``: it repeated that
-training exactly, which was 190 s of the quickstart's 13 minutes. So the loop keeps the recovered float model
+Recovery distillation is most of the time it takes to build a distilling candidate (profiled on three quickstart
+trials: 57 of their 69 s), and export rebuilds each front trial with the search's own, deterministic
+``build_candidate``: it repeated that training exactly (the quickstart's export took 190 s of its 13 minutes;
+with kept weights, under a minute for a larger front). So the loop keeps the recovered float model
 of each distilling trial (safetensors, a few hundred KB on the quickstart) in Optuna's artifact store under the
 run directory and records it on the trial; export loads it in place of the training steps and builds the rest
 (folding, export, quantization) as the trial did.
