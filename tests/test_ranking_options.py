@@ -89,7 +89,7 @@ def test_a_supernet_option_added_later_keeps_earlier_checkpoints(tmp_path):
     from tests.conftest import tiny_recipe
 
     loaded = load_recipe(tiny_recipe(tmp_path))
-    # the key a checkpoint stored before subnet_sampling existed: the same hash without that field
+    # the key a checkpoint stored before subnet_sampling and seed existed: the same hash without those fields
     parts = {"data": {**loaded.recipe.data.model_dump(mode="json"), "path": loaded.data_fingerprint()},
              "space": loaded.space.to_dict(), "seed": loaded.recipe.seed,
              "supernet": loaded.recipe.supernet.model_dump(mode="json", exclude={"subnet_sampling", "seed"})}
