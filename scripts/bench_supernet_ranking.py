@@ -51,7 +51,7 @@ import torch
 from benchlib import RESULTS, ROOT, ResultCache, environment, noise_ceiling, rank_statistics, resolve_task, \
     save_figure, source_hash, top_overlap, write_results
 
-from compress.data.loaders import BN_BATCH_SIZE, calibration_batches
+from compress.data import reference_batches
 from compress.errors import CompressError
 from compress.measure.accuracy import accuracy
 from compress.measure.macs import count_macs
@@ -274,8 +274,7 @@ def calibration_draws(context, recipe, k: int) -> list[list[torch.Tensor]]:
     """``k - 1`` further sets of BatchNorm calibration batches, as many as the search uses, drawn with other
     seeds: an inherited accuracy depends on which images recalibrated it, and so does a ranking of them."""
     n = len(context.bn_batches)
-    return [calibration_batches(context.data.train, n, BN_BATCH_SIZE, seed=recipe.seed + DRAW_SEED_STEP * j)
-            for j in range(1, k)]
+    return [reference_batches(context.data.train, recipe.seed + DRAW_SEED_STEP * j, bn=n).bn for j in range(1, k)]
 
 
 def inherited_rows(checkpoint, context, archs: list[tuple[Arch, int]], truth: GroundTruth, seed: int,

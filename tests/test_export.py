@@ -156,7 +156,12 @@ def test_export_loads_the_weights_a_trial_trained_and_trains_again_without_them(
 
     trainings = []
     real_finetune = candidate_module.finetune
-    monkeypatch.setattr(candidate_module, "finetune", lambda *a, **k: (trainings.append(1), real_finetune(*a, **k))[1])
+
+    def counted_finetune(*args, **kwargs):
+        trainings.append(1)
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(candidate_module, "finetune", counted_finetune)
 
     def export_once(out: str) -> dict:
         (path,) = export_artifacts(run_dir, trials=[number], out=run_dir / out)

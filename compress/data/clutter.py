@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from compress.data.base import SourceData, Split
-from compress.data.digits import CLASS_NAMES, as_channels, base_digits, composed_counts, digit_split_indices
+from compress.data.digits import (CLASS_NAMES, SPLIT_NAMES, as_channels, base_digits, composed_counts,
+                                  digit_split_indices)
 from compress.data.images import resize_float, resize_uint8, to_uint8
-from compress.data.mosaic import SPLIT_NAMES
 
 DIGIT_SIZE = 16  # pixels of the whole digit (the 8x8 originals, upsampled)
 FRAGMENT_SIZE = 8  # pixels of a fragment, cut from an upsampled digit

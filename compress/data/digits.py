@@ -10,6 +10,7 @@ from compress.data.images import resize_float, to_uint8
 from compress.data.splits import stratified_indices
 
 CLASS_NAMES = [str(d) for d in range(10)]
+SPLIT_NAMES = ("train", "val", "test")  # the splits of a source composed from the digits, in seed order
 NATIVE_SIZE = 8
 
 

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from compress.data.base import SourceData, Split
-from compress.data.digits import CLASS_NAMES, as_channels, base_digits, composed_counts, digit_split_indices
+from compress.data.digits import (CLASS_NAMES, SPLIT_NAMES, as_channels, base_digits, composed_counts,
+                                  digit_split_indices)
 from compress.data.images import resize_float, resize_uint8, to_uint8
 
 CELL_SIZES = {2: 16, 3: 10}  # pixels per cell: mosaics of 32 and 30 pixels
@@ -34,7 +35,6 @@ DEFAULT_GRID = 3
 DEFAULT_TRAIN_SIZE = 6000
 DEFAULT_EVAL_SIZE = 1000
 MIN_EVAL_SIZE = 200
-SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass

@@ -33,9 +33,8 @@ STORE_DIR = "trial-weights"  # under the run directory
 
 
 def artifact_store(run_dir: Path) -> FileSystemArtifactStore:
-    path = Path(run_dir) / STORE_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(path)
+    # Created by the first write (keep); a read of a missing store finds no artifact and creates nothing.
+    return FileSystemArtifactStore(Path(run_dir) / STORE_DIR)
 
 
 def keep(trial: optuna.Trial, model: torch.nn.Module, run_dir: Path) -> str | None:
@@ -45,6 +44,7 @@ def keep(trial: optuna.Trial, model: torch.nn.Module, run_dir: Path) -> str | No
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / f"trial-{trial.number:04d}.safetensors"
             save_safetensors(model.state_dict(), file)
+            (Path(run_dir) / STORE_DIR).mkdir(parents=True, exist_ok=True)
             artifact_id = upload_artifact(artifact_store=artifact_store(run_dir), file_path=str(file),
                                           study_or_trial=trial, mimetype="application/octet-stream")
     except (OSError, CompressError) as exc:
