@@ -25,13 +25,17 @@ truth, and an interrupted run resumes where it stopped.
     python scripts/bench_supernet_ranking.py --task mosaic --jobs 2     # stand-alone trainings on two cores
     python scripts/bench_supernet_ranking.py --task mosaic --ablation baseline=runs/a/supernet \\
         --ablation few-shot=runs/b/supernet                                     # one row per training option
+    python scripts/bench_supernet_ranking.py --task data/photo-patches --ground-truth-only --jobs 2
     python scripts/bench_supernet_ranking.py --task mosaic --recovery-steps 50,200   # and after recovery steps
     python scripts/bench_supernet_ranking.py --task mosaic --calibration-draws 5   # and with 4 other BN draws
 
 ``--task`` is a recipe name under recipes/, a recipe file, or a directory holding ``recipe.yaml`` (what
 make_photo_task.py writes). ``--epochs`` overrides the recipe's supernet epochs, and so the stand-alone budget;
 results are then labelled as a reduced budget. Results: bench_results/supernet_ranking_<task>.md/.json/.png
-(``..._ablation.md/.json`` with ``--ablation``).
+(``..._ablation.md/.json`` with ``--ablation``: the table keeps the rows of options measured earlier on the same
+architectures, and replaces a row measured again under the same name). ``--ground-truth-only`` trains and
+caches the stand-alone models alone, no supernet needed: the slow half, which an interrupted run or another
+session picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -211,10 +215,14 @@ class GroundTruth:
 _worker_truth: GroundTruth | None = None
 
 
-def _init_worker(recipe_path: str, epochs: int | None, checkpoint_dir: str) -> None:
+def _init_worker(recipe_path: str, epochs: int | None, checkpoint_dir: str | None) -> None:
     global _worker_truth
     torch.set_num_threads(1)
     loaded = with_epochs(load_recipe(recipe_path), epochs)
+    if checkpoint_dir is None:  # --ground-truth-only: the model configs come from the recipe's own space
+        data = loaded.load_data()
+        _worker_truth = GroundTruth(loaded, data, plain_supernet(loaded, data), ResultCache(CACHE))
+        return
     checkpoint, context = load_checkpoint(loaded, Path(checkpoint_dir))
     _worker_truth = GroundTruth(loaded, context.data, checkpoint.supernet, ResultCache(CACHE))
 
@@ -225,7 +233,7 @@ def _train_in_worker(arch: Arch, seed: int) -> tuple[str, int, float, float]:
 
 
 def prefetch(truth: GroundTruth, wanted: list[tuple[Arch, int, int]], jobs: int, recipe_path: Path,
-             epochs: int | None, checkpoint_dir: Path) -> None:
+             epochs: int | None, checkpoint_dir: Path | None) -> None:
     """Train the uncached ``(arch, macs, seed)`` of ``wanted`` in ``jobs`` processes, largest first (so the
     last to finish are short ones and no worker idles long at the end)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -240,7 +248,7 @@ def prefetch(truth: GroundTruth, wanted: list[tuple[Arch, int, int]], jobs: int,
     print(f"training {len(missing)} stand-alone models in {jobs} processes", flush=True)
     # spawn, not fork: a forked child of a process that has run PyTorch's thread pool can hang.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(str(recipe_path), epochs, str(checkpoint_dir))) as pool:
+                             initargs=(str(recipe_path), epochs, checkpoint_dir and str(checkpoint_dir))) as pool:
         futures = [pool.submit(_train_in_worker, a, s) for a, _, s in missing]
         for done, future in enumerate(as_completed(futures), 1):
             name, seed, acc, seconds = future.result()
@@ -402,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-draws", type=int, default=1, metavar="K",
                         help="also rank with K-1 other draws of the BatchNorm calibration images (how much the "
                              "figure owes to which images recalibrated the subnets)")
+    parser.add_argument("--ground-truth-only", action="store_true",
+                        help="only train and cache the stand-alone models (both seeds); no supernet is needed")
     args = parser.parse_args(argv)
     args.recovery = parse_steps(args.recovery_steps)
     if args.recovery is None:
@@ -433,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     reduced = args.epochs is not None
     tag = loaded.name + (f"_{loaded.recipe.supernet.epochs}ep" if reduced else "")
     try:
+        if args.ground_truth_only:
+            return run_ground_truth(loaded, args)
         if ablation:
             return run_ablation(loaded, ablation, args, tag)
         return run_ranking(loaded, args, tag, reduced)
@@ -524,11 +536,16 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
     return 0
 
 
+def plain_supernet(loaded: LoadedRecipe, data) -> HybridSupernet:
+    """An untrained supernet of the recipe's own space: what picks the architectures (their MACs are the
+    figures a trained one gives) and what extracts the stand-alone models' configs, without a checkpoint."""
+    return HybridSupernet(loaded.space, data.in_channels, data.num_classes, data.mean, data.std)
+
+
 def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, tag: str) -> int:
     """One row per trained supernet: its ranking, extremes and training time, on one set of architectures."""
     recipe, cfg = loaded.recipe, loaded.recipe.supernet
     results, archs, cache = [], None, ResultCache(CACHE)
-    recovery_md: dict[str, list[str]] = {}
     for name, path in ablation:
         # Measured on its own space, as long as that space offers the same choices (checked per architecture).
         checkpoint, context = load_checkpoint(loaded, path)
@@ -538,9 +555,8 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
             # whichever option comes first: regrouped heads change a subnet's MACs and so the quantiles.
             data = context.data
             shape = (1, data.in_channels, data.image_size, data.image_size)
-            plain = HybridSupernet(loaded.space, data.in_channels, data.num_classes, data.mean, data.std)
-            archs = spread_architectures(loaded.space, plain, args.archs, shape, seed=recipe.seed,
-                                         pool_size=args.pool)
+            archs = spread_architectures(loaded.space, plain_supernet(loaded, data), args.archs, shape,
+                                         seed=recipe.seed, pool_size=args.pool)
         for arch, _ in archs:
             checkpoint.space.check(arch)
         # Stand-alone ground truth of this supernet's models (shared through the cache where they are equal).
@@ -553,15 +569,52 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
         if meta.get("epochs") != cfg.epochs:
             print(f"note: {name} was trained for {meta.get('epochs')} epochs; stand-alone budget is {cfg.epochs}",
                   flush=True)
-        recovery_md[name], recovery = recovery_lines(rows, args.recovery, args.recovery_weight)
+        _, recovery = recovery_lines(rows, args.recovery, args.recovery_weight)
         results.append({"option": name, "checkpoint": str(path), "epochs": meta.get("epochs"),
                         "train_seconds": meta.get("train_seconds_this_session"),
                         "resumed_from_epoch": meta.get("resumed_from_epoch"), "metrics": meta["metrics"],
-                        "rows": rows, **summarize(rows), "recovery": recovery})
+                        "rows": rows, **summarize(rows), "recovery": recovery,
+                        "recovery_weight": args.recovery_weight})
+    name = f"supernet_ranking_{tag}_ablation"
+    # A supernet takes an hour or more to train and its run folder rarely outlives the session, so the table
+    # grows: rows of options not measured this time are kept, as long as they ranked the same architectures.
+    results = merge_options(read_options(RESULTS / f"{name}.json", loaded.name, cfg.epochs,
+                                         [a.describe() for a, _ in archs]), results)
+    write_results(name, {"task": loaded.name, "epochs": cfg.epochs, "options": results,
+                         "environment": environment()},
+                  "\n".join(ablation_markdown(loaded.name, cfg.epochs, len(archs), results)) + "\n")
+    return 0
+
+
+def read_options(path: Path, task: str, epochs: int, archs: list[str]) -> list[dict]:
+    """The options of an earlier ablation table, if it measured the same task, budget and architectures (in
+    that order); otherwise none, with a note saying why."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    same = (earlier.get("task") == task and earlier.get("epochs") == epochs
+            and all([r["arch"] for r in o["rows"]] == archs for o in earlier.get("options", [])))
+    if not same:
+        print(f"note: {path.name} measured other architectures, task or budget; its rows are replaced", flush=True)
+        return []
+    for option in earlier["options"]:  # JSON turned the recovery steps (int keys) into strings
+        for row in option["rows"]:
+            row["recovered"] = {int(k): v for k, v in row.get("recovered", {}).items()}
+    return earlier["options"]
+
+
+def merge_options(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` with each option measured again replaced in its place, then the new options in order."""
+    fresh = {o["option"]: o for o in new}
+    kept = [fresh.pop(o["option"], o) for o in earlier]
+    return kept + [o for o in new if o["option"] in fresh]
+
+
+def ablation_markdown(task: str, epochs: int, n_archs: int, results: list[dict]) -> list[str]:
     families = sorted({f for r in results for f in r["gap_by_last_family"]})
-    draws = int(args.calibration_draws > 1)
-    md = [f"## Supernet training options ranked on `{loaded.name}` ({len(archs)} architectures, stand-alone budget "
-          f"{cfg.epochs} epochs)", "",
+    draws = any("spearman_draws" in r for r in results)
+    md = [f"## Supernet training options ranked on `{task}` ({n_archs} architectures, stand-alone budget "
+          f"{epochs} epochs)", "",
           "| option | epochs | training time | largest | smallest | Spearman [90%] | Kendall [90%] | top quarter | "
           + " | ".join(f"gap {f}" for f in families) + " |" + (" Spearman, BN draws |" if draws else ""),
           "| --- " * (8 + len(families) + draws) + "|"]
@@ -574,17 +627,40 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
                   f"{r['top_quarter'][0]}/{r['top_quarter'][1]} | "
                   + " | ".join(f"{100 * r['gap_by_last_family'][f]['mean']:+.2f} pt" if f in r["gap_by_last_family"]
                                else "-" for f in families) + " |" + (f" {fmt_draws(r)} |" if draws else ""))
+    counts = sorted({len(r["spearman_draws"]["values"]) for r in results if "spearman_draws" in r})
     md += ["", "Training time is the checkpoint's own record (this session's seconds; a resumed run counts only the "
            "part after resuming)."
-           + (f" Spearman, BN draws: the median (min to max) over {args.calibration_draws} draws of the BatchNorm "
-              "calibration images, the search's own included; the other columns use the search's own draw."
+           + (f" Spearman, BN draws: the median (min to max) over {'/'.join(map(str, counts))} draws of the "
+              "BatchNorm calibration images, the search's own included; the other columns use the search's own draw."
               if draws else ""), ""]
-    for name, lines in recovery_md.items():
+    for r in results:
+        steps = tuple(sorted(r["rows"][0].get("recovered", {})))
+        lines, _ = recovery_lines(r["rows"], steps, r.get("recovery_weight", 0.9))
         if lines:
-            md += [f"### {name}", "", *lines]
-    write_results(f"supernet_ranking_{tag}_ablation", {"task": loaded.name, "epochs": cfg.epochs,
-                                                       "options": results, "environment": environment()},
-                  "\n".join(md) + "\n")
+            md += [f"### {r['option']}", "", *lines]
+    return md
+
+
+def run_ground_truth(loaded: LoadedRecipe, args) -> int:
+    """Train (and cache) the stand-alone models a ranking of this task needs, both seeds, without a supernet:
+    the slow half of the benchmark, which several sessions can share through the cache."""
+    recipe = loaded.recipe
+    data = loaded.load_data()
+    supernet = plain_supernet(loaded, data)
+    archs = spread_architectures(loaded.space, supernet, args.archs, (1, data.in_channels, data.image_size,
+                                                                      data.image_size),
+                                 seed=recipe.seed, pool_size=args.pool)
+    truth = GroundTruth(loaded, data, supernet, ResultCache(CACHE))
+    wanted = [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1)
+                                                        for i in noise_picks(len(archs), args.noise_archs)]
+    cached = sum(truth.cache.get(truth.key(a, s)) is not None for a, _, s in wanted)
+    print(f"{loaded.name}: {len(wanted)} stand-alone models ({truth.steps} steps each), {cached} cached", flush=True)
+    prefetch(truth, wanted, args.jobs, loaded.path, args.epochs, None)
+    # One process (or what the workers left): largest first, as prefetch orders them.
+    for i, (arch, macs, seed) in enumerate(sorted(wanted, key=lambda t: -t[1])):
+        acc, seconds, hit = truth(arch, seed)
+        print(f"[{i + 1}/{len(wanted)}] seed {seed} {macs / 1e6:5.2f}M {arch.describe()}: {acc:.4f}"
+              + (" (cached)" if hit else f" ({seconds:.0f}s)"), flush=True)
     return 0
 
 

@@ -238,3 +238,57 @@ def test_calibration_draws_are_ranked_one_by_one():
 def test_bad_calibration_draws_exit_2(capsys):
     assert bench.main(["--calibration-draws", "0"]) == 2
     assert "--calibration-draws" in capsys.readouterr().err
+
+
+def _option(name: str, archs: list[str], spearman: float, draws: list[float] | None = None) -> dict:
+    rows = [{"arch": a, "inherited": 0.9, "standalone": 0.9, "recovered": {}, "last": "conv"} for a in archs]
+    out = {"option": name, "epochs": 3, "train_seconds": 1.0, "resumed_from_epoch": None,
+           "metrics": {"largest": 0.9, "smallest_conv": 0.8}, "rows": rows, "spearman": spearman,
+           "spearman_90": [spearman - 0.1, spearman + 0.1], "kendall": spearman, "kendall_90": [0.0, 1.0],
+           "top_quarter": [1, 1], "gap_by_last_family": {"conv-ending": {"n": 2, "mean": 0.0, "min": 0.0, "max": 0.0}},
+           "recovery": {}}
+    if draws:
+        out["spearman_draws"] = {"values": draws, "min": min(draws), "median": float(np.median(draws)),
+                                 "max": max(draws)}
+    return out
+
+
+def test_ablation_table_keeps_the_options_measured_earlier(tmp_path, capsys):
+    archs = ["a", "b"]
+    earlier = [_option("baseline", archs, 0.3), _option("few_shot", archs, 0.2)]
+    path = tmp_path / "ablation.json"
+    path.write_text(json.dumps({"task": "mosaic", "epochs": 3, "options": earlier}))
+    kept = bench.read_options(path, "mosaic", 3, archs)
+    assert [o["option"] for o in kept] == ["baseline", "few_shot"]
+    # measured again under the same name: replaced in its place; a new name: appended
+    merged = bench.merge_options(kept, [_option("longer", archs, 0.7, [0.6, 0.7, 0.8]), _option("few_shot", archs, 0.5)])
+    assert [(o["option"], o["spearman"]) for o in merged] == [("baseline", 0.3), ("few_shot", 0.5), ("longer", 0.7)]
+    md = bench.ablation_markdown("mosaic", 3, 2, merged)
+    assert len([line for line in md if line.startswith("| ")]) == 2 + 3
+    assert next(line for line in md if line.startswith("| longer")).endswith("0.700 (0.60 to 0.80) |")
+    assert next(line for line in md if line.startswith("| baseline")).endswith("| - |")  # no draws then
+    # Another set of architectures (or task, or budget): the earlier rows cannot share a table with these.
+    assert bench.read_options(path, "mosaic", 3, ["a", "c"]) == []
+    assert "replaced" in capsys.readouterr().out
+    assert bench.read_options(path, "mosaic", 4, archs) == [] and bench.read_options(tmp_path / "none", "m", 3, archs) == []
+
+
+def test_ground_truth_only_trains_each_model_once_without_a_supernet(tmp_path, monkeypatch, capsys):
+    photos = {name: _photo(i, 480, 480) for i, name in enumerate("abcd")}
+    task = tmp_path / "task"
+    make_photo_task.build(task, train_per_class=16, val_per_class=4, seed=0, photos=photos)  # 64: one step an epoch
+    monkeypatch.setattr(bench, "CACHE", tmp_path / "standalone.json")
+    argv = ["--task", str(task), "--ground-truth-only", "--archs", "2", "--noise-archs", "1", "--epochs", "2",
+            "--pool", "2"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 stand-alone models (2 steps each), 0 cached" in out
+    cache = json.loads((tmp_path / "standalone.json").read_text())
+    assert sorted(e["seed"] for e in cache.values()) == [0, 0, 1] and all(e["steps"] == 2 for e in cache.values())
+
+    def untrained(*args, **kwargs):
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(bench, "finetune", untrained)  # not standalone_accuracy: its source is in the key
+    assert bench.main(argv) == 0
+    assert "3 cached" in capsys.readouterr().out
