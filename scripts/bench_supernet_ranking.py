@@ -99,6 +99,29 @@ def family_kind(arch: Arch) -> str:
     return f"{arch.stages[-1].block}-ending" + (", mixed" if len(blocks) > 1 else "")
 
 
+def choices(arch: Arch) -> dict[str, str]:
+    """The whole-stage choices of ``arch`` by name (stem width; each stage's family, depth and width): what the
+    gap can be averaged over, to see which choice the supernet misjudges."""
+    out = {"stem width": str(arch.stem_width)}
+    for i, s in enumerate(arch.stages):
+        out |= {f"stage {i} family": s.block, f"stage {i} depth": str(s.depth), f"stage {i} width": str(s.width)}
+    return out
+
+
+def choice_bias(rows: list[dict], archs: list[Arch]) -> dict[str, dict[str, float]]:
+    """Per choice with more than one value among ``archs``: the mean gap (inherited minus stand-alone, every
+    calibration draw averaged) of the rows holding each value. A ranking error that is noise averages out
+    here; one that is bias shows as a difference between the values of one choice."""
+    gaps = [statistics.fmean(r.get("inherited_draws") or [r["inherited"]]) - r["standalone"] for r in rows]
+    per = [choices(a) for a in archs]
+    out = {}
+    for name in per[0]:
+        values = sorted({c[name] for c in per}, key=lambda v: (len(v), v))
+        if len(values) > 1:
+            out[name] = {v: statistics.fmean(g for g, c in zip(gaps, per) if c[name] == v) for v in values}
+    return out
+
+
 def with_pattern(space, blocks: tuple[str, ...], rng: random.Random) -> Arch:
     stages = tuple(space.make_stage(spec, block, rng.choice(spec.depth), rng.choice(spec.width), rng.choice)
                    for spec, block in zip(space.stages, blocks))
@@ -582,7 +605,7 @@ def run_ablation(loaded: LoadedRecipe, ablation: list[tuple[str, Path]], args, t
                                          [a.describe() for a, _ in archs]), results)
     write_results(name, {"task": loaded.name, "epochs": cfg.epochs, "options": results,
                          "environment": environment()},
-                  "\n".join(ablation_markdown(loaded.name, cfg.epochs, len(archs), results)) + "\n")
+                  "\n".join(ablation_markdown(loaded.name, cfg.epochs, [a for a, _ in archs], results)) + "\n")
     return 0
 
 
@@ -610,10 +633,10 @@ def merge_options(earlier: list[dict], new: list[dict]) -> list[dict]:
     return kept + [o for o in new if o["option"] in fresh]
 
 
-def ablation_markdown(task: str, epochs: int, n_archs: int, results: list[dict]) -> list[str]:
+def ablation_markdown(task: str, epochs: int, archs: list[Arch], results: list[dict]) -> list[str]:
     families = sorted({f for r in results for f in r["gap_by_last_family"]})
     draws = any("spearman_draws" in r for r in results)
-    md = [f"## Supernet training options ranked on `{task}` ({n_archs} architectures, stand-alone budget "
+    md = [f"## Supernet training options ranked on `{task}` ({len(archs)} architectures, stand-alone budget "
           f"{epochs} epochs)", "",
           "| option | epochs | training time | largest | smallest | Spearman [90%] | Kendall [90%] | top quarter | "
           + " | ".join(f"gap {f}" for f in families) + " |" + (" Spearman, BN draws |" if draws else ""),
@@ -633,12 +656,34 @@ def ablation_markdown(task: str, epochs: int, n_archs: int, results: list[dict])
            + (f" Spearman, BN draws: the median (min to max) over {'/'.join(map(str, counts))} draws of the "
               "BatchNorm calibration images, the search's own included; the other columns use the search's own draw."
               if draws else ""), ""]
+    md += bias_markdown(archs, results)
     for r in results:
         steps = tuple(sorted(r["rows"][0].get("recovered", {})))
         lines, _ = recovery_lines(r["rows"], steps, r.get("recovery_weight", 0.9))
         if lines:
             md += [f"### {r['option']}", "", *lines]
     return md
+
+
+def bias_markdown(archs: list[Arch], results: list[dict]) -> list[str]:
+    """Which choices each supernet misjudges (mean gap per value of a choice), and how the options' average
+    ranks: if their errors were independent noise, the average would rank better than any one of them."""
+    biases = [choice_bias(r["rows"], archs) for r in results]
+    md = ["Mean gap (inherited minus stand-alone, points, every calibration draw averaged) by a whole-stage "
+          "choice, one column per option in the order above: a choice whose values differ here is misjudged the "
+          "same way by every draw, so it is bias, not noise.", "",
+          "| choice | " + " | ".join(f"({i + 1})" for i in range(len(results))) + " |",
+          "| --- " * (1 + len(results)) + "|"]
+    md += [f"| {name} {v} | " + " | ".join(f"{100 * b[name][v]:+.2f}" for b in biases) + " |"
+           for name, values in biases[0].items() for v in values]
+    md += ["", "Options: " + "; ".join(f"({i + 1}) {r['option']}" for i, r in enumerate(results)) + "."]
+    if len(results) > 1:
+        mean = [statistics.fmean(statistics.fmean(o["rows"][i].get("inherited_draws") or [o["rows"][i]["inherited"]])
+                                 for o in results) for i in range(len(archs))]
+        rho = rank_statistics(mean, [r["standalone"] for r in results[0]["rows"]], resamples=0)["spearman"]
+        md += ["", f"The {len(results)} options' inherited accuracies averaged (every draw of each): Spearman "
+               f"{rho:.3f}, against {max(r['spearman'] for r in results):.3f} for the best single one."]
+    return md + [""]
 
 
 def run_ground_truth(loaded: LoadedRecipe, args) -> int:

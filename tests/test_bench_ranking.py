@@ -241,7 +241,8 @@ def test_bad_calibration_draws_exit_2(capsys):
 
 
 def _option(name: str, archs: list[str], spearman: float, draws: list[float] | None = None) -> dict:
-    rows = [{"arch": a, "inherited": 0.9, "standalone": 0.9, "recovered": {}, "last": "conv"} for a in archs]
+    rows = [{"arch": a, "inherited": 0.9 + 0.01 * i, "standalone": 0.9 + 0.01 * i, "recovered": {}, "last": "conv"}
+            for i, a in enumerate(archs)]
     out = {"option": name, "epochs": 3, "train_seconds": 1.0, "resumed_from_epoch": None,
            "metrics": {"largest": 0.9, "smallest_conv": 0.8}, "rows": rows, "spearman": spearman,
            "spearman_90": [spearman - 0.1, spearman + 0.1], "kendall": spearman, "kendall_90": [0.0, 1.0],
@@ -253,8 +254,9 @@ def _option(name: str, archs: list[str], spearman: float, draws: list[float] | N
     return out
 
 
-def test_ablation_table_keeps_the_options_measured_earlier(tmp_path, capsys):
-    archs = ["a", "b"]
+def test_ablation_table_keeps_the_options_measured_earlier(space, tmp_path, capsys):
+    models = [space.smallest(), space.largest()]
+    archs = [a.describe() for a in models]
     earlier = [_option("baseline", archs, 0.3), _option("few_shot", archs, 0.2)]
     path = tmp_path / "ablation.json"
     path.write_text(json.dumps({"task": "mosaic", "epochs": 3, "options": earlier}))
@@ -263,12 +265,13 @@ def test_ablation_table_keeps_the_options_measured_earlier(tmp_path, capsys):
     # measured again under the same name: replaced in its place; a new name: appended
     merged = bench.merge_options(kept, [_option("longer", archs, 0.7, [0.6, 0.7, 0.8]), _option("few_shot", archs, 0.5)])
     assert [(o["option"], o["spearman"]) for o in merged] == [("baseline", 0.3), ("few_shot", 0.5), ("longer", 0.7)]
-    md = bench.ablation_markdown("mosaic", 3, 2, merged)
-    assert len([line for line in md if line.startswith("| ")]) == 2 + 3
+    md = bench.ablation_markdown("mosaic", 3, models, merged)
+    table = md[:next(i for i, line in enumerate(md) if line.startswith("Mean gap"))]  # before the bias table
+    assert len([line for line in table if line.startswith("| ")]) == 2 + 3
     assert next(line for line in md if line.startswith("| longer")).endswith("0.700 (0.60 to 0.80) |")
     assert next(line for line in md if line.startswith("| baseline")).endswith("| - |")  # no draws then
     # Another set of architectures (or task, or budget): the earlier rows cannot share a table with these.
-    assert bench.read_options(path, "mosaic", 3, ["a", "c"]) == []
+    assert bench.read_options(path, "mosaic", 3, archs[::-1]) == []
     assert "replaced" in capsys.readouterr().out
     assert bench.read_options(path, "mosaic", 4, archs) == [] and bench.read_options(tmp_path / "none", "m", 3, archs) == []
 
@@ -292,3 +295,21 @@ def test_ground_truth_only_trains_each_model_once_without_a_supernet(tmp_path, m
     monkeypatch.setattr(bench, "finetune", untrained)  # not standalone_accuracy: its source is in the key
     assert bench.main(argv) == 0
     assert "3 cached" in capsys.readouterr().out
+
+
+def test_choice_bias_averages_the_gap_per_value_of_a_choice(space):
+    # Four architectures: stage 1 attention-ending inherits 2 points below stand-alone, conv exactly; every
+    # other choice is balanced between the two, so only the family shows a difference.
+    archs = [space.smallest(["conv", b, "conv"]) for b in ("attn", "conv")]
+    archs += [space.largest(["conv", b, "conv"]) for b in ("attn", "conv")]
+    rows = []
+    for i, a in enumerate(archs):
+        inherited = 0.9 + 0.01 * i - (0.02 if a.stages[1].block == "attn" else 0.0)
+        rows.append({"inherited": inherited, "standalone": 0.9 + 0.01 * i, "inherited_draws": [inherited] * 2})
+    bias = bench.choice_bias(rows, archs)
+    assert bias["stage 1 family"] == pytest.approx({"attn": -0.02, "conv": 0.0})
+    assert bias["stem width"] == pytest.approx({"8": -0.01, "16": -0.01})
+    assert "stage 0 family" not in bias  # one value only: nothing to compare
+    md = bench.bias_markdown(archs, [{"option": "a", "rows": rows, "spearman": 0.1},
+                                     {"option": "b", "rows": rows, "spearman": 0.2}])
+    assert "| stage 1 family attn | -2.00 | -2.00 |" in md
