@@ -38,3 +38,13 @@ def test_report_only_without_earlier_results_exits_2(tmp_path, monkeypatch, caps
     monkeypatch.setattr(benchlib, "RESULTS", tmp_path)
     assert bench.main(["--recipe", "quickstart", "--report-only"]) == 2
     assert "no earlier results" in capsys.readouterr().err
+
+
+def test_pooled_hypervolume_is_every_study_front_together():
+    # Two studies, each with one point the other lacks: together they dominate more than either alone.
+    a = {"points": [(0.1, 0.5, 1.0)]}
+    b = {"points": [(0.2, 0.2, 0.4)]}
+    alone = [bench.hypervolume(r["points"], bench.REFERENCE) for r in (a, b)]
+    pooled = bench.pooled_hypervolume({"random": [a], "predictor": [b]})
+    assert pooled > max(alone) and pooled < sum(alone)
+    assert bench.pooled_hypervolume({"random": [a], "predictor": [{"hypervolume": 1.0}]}) is None  # older results
