@@ -48,7 +48,8 @@ PER_DEVICE_METRICS = ("latency_ms", "latency_p90_ms")
 # with the value that keeps the earlier behaviour.
 LATER_FIELDS: dict[tuple[str, ...], Any] = {("policies", "quantize", "granularity"): "unit",
                                             ("supernet", "subnet_sampling"): "uniform",
-                                            ("supernet", "seed"): None}
+                                            ("supernet", "seed"): None,
+                                            ("supernet", "teacher_families"): "first"}
 
 
 def _drop_neutral_later_fields(parts: dict[str, dict]) -> None:
@@ -141,6 +142,12 @@ class SupernetConfig(_Strict):
     # (AttentiveNAS), which keeps mixed configurations as likely as uniform sampling does (measured in the README:
     # with gradient projection it ranks best on mosaic, and the mosaic recipe uses it)
     subnet_sampling: Literal["uniform", "size", "macs"] = "uniform"
+    # which block families the step's largest subnet (trained on the labels, and the in-place teacher) uses:
+    # "first", each stage's first-listed family, every step; or "cycle", every combination of the stages'
+    # families in turn, one per step, so each family's widest weights learn from the labels too. Measured on
+    # mosaic, every supernet misjudged attention in a middle stage against convolution the same way (the
+    # ranking bench's bias table); its widest weights were only ever trained as a student's.
+    teacher_families: Literal["first", "cycle"] = "first"
     grad_clip: float = Field(default=5.0, gt=0)
     bn_calibration_batches: int = Field(default=10, ge=1, le=10_000)
     checkpoint_every: int = Field(default=1, ge=1, description="epochs between resumable checkpoints")

@@ -89,10 +89,12 @@ def test_a_supernet_option_added_later_keeps_earlier_checkpoints(tmp_path):
     from tests.conftest import tiny_recipe
 
     loaded = load_recipe(tiny_recipe(tmp_path))
-    # the key a checkpoint stored before subnet_sampling and seed existed: the same hash without those fields
+    # the key a checkpoint stored before subnet_sampling, seed and teacher_families existed: the same hash
+    # without those fields
     parts = {"data": {**loaded.recipe.data.model_dump(mode="json"), "path": loaded.data_fingerprint()},
              "space": loaded.space.to_dict(), "seed": loaded.recipe.seed,
-             "supernet": loaded.recipe.supernet.model_dump(mode="json", exclude={"subnet_sampling", "seed"})}
+             "supernet": loaded.recipe.supernet.model_dump(mode="json", exclude={"subnet_sampling", "seed",
+                                                                               "teacher_families"})}
     before = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     assert loaded.supernet_key() == before
     (tmp_path / "b").mkdir()
@@ -202,3 +204,47 @@ def test_macs_sampling_spreads_subnets_without_tying_their_choices(tiny_space):
     assert ends(low + high) > 2 * ends([level(a) for pair in draw("uniform") for a in pair])
     # unlike "size", a subnet's choices stay nearly independent: deep-but-narrow subnets are still trained
     assert depth_width_correlation(steps) < 0.5 * depth_width_correlation(draw("size"))
+
+
+def test_cycled_teachers_are_the_largest_of_every_family_combination(tiny_space):
+    from compress.train.supernet import teacher_archs
+
+    assert teacher_archs(tiny_space, "first") == [tiny_space.largest()]
+    cycle = teacher_archs(tiny_space, "cycle")
+    # tiny: stage 0 conv only, stages 1 and 2 conv or attn -> 4 combinations, the space's largest first
+    assert cycle[0] == tiny_space.largest() and len(cycle) == len(set(a.key() for a in cycle)) == 4
+    assert {tuple(s.block for s in a.stages) for a in cycle} == {("conv", b1, b2) for b1 in ("conv", "attn")
+                                                                   for b2 in ("attn", "conv")}
+    for arch in cycle:  # each at every range's maximum
+        assert arch == tiny_space.largest([s.block for s in arch.stages])
+
+
+@pytest.mark.slow
+def test_cycled_teachers_train_the_widest_weights_of_every_family(tmp_path):
+    """With the first family as the only teacher, stage 1's attention channels beyond the smallest width are
+    never trained with no random subnets; cycling the teacher's families trains them."""
+    from compress.recipe import load_recipe
+    from compress.supernet.checkpoint import load_supernet
+    from compress.train.supernet import train_supernet
+    from tests.conftest import tiny_recipe
+
+    trained = {}
+    for families in ("first", "cycle"):
+        (tmp_path / families).mkdir()
+        # 200 images: 4 steps of 32 (70% train), one per combination of families
+        loaded = load_recipe(tiny_recipe(tmp_path / families, data={"size": 200}, supernet={
+            "epochs": 1, "random_subnets": 0, "weight_decay": 0.0, "teacher_families": families}))
+        from accelerate.utils import set_seed
+
+        set_seed(0)  # the initial weights, made as train_supernet makes them
+        data = loaded.load_data()
+        initial = HybridSupernet(loaded.space, data.in_channels, data.num_classes, data.mean, data.std)
+        ckpt = load_supernet(train_supernet(loaded, loaded.run_dir(None), log=lambda *_: None))
+        trained[families] = (initial, ckpt.supernet)
+    for families, (initial, net) in trained.items():
+        before, after = (dict(n.stages[1].families["attn"].named_parameters()) for n in (initial, net))
+        # the rows of the output projection beyond the smallest width (8 of 16) belong to wide subnets only
+        wide = [name for name, p in after.items() if p.dim() >= 1 and p.shape[0] == 16]
+        assert wide
+        changed = any(not torch.equal(before[name][8:], after[name][8:]) for name in wide)
+        assert changed == (families == "cycle"), families

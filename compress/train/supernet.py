@@ -11,7 +11,9 @@ families), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient 
 largest subnet's where they conflict; two backward passes, one process), ``subnet_sampling: size`` (the random
 subnets spread over the size range instead of mostly mid-sized, every choice drawn near one level), ``subnet_sampling:
 macs`` (AttentiveNAS: a MACs target per random subnet, stratified over the range, met by the closest of a few
-uniform draws, so mixed configurations stay as likely as in uniform sampling). ``heads_mode: regroup`` of the
+uniform draws, so mixed configurations stay as likely as in uniform sampling), ``teacher_families: cycle`` (the
+largest subnet of a step takes every combination of block families in turn, see :func:`teacher_archs`).
+``heads_mode: regroup`` of the
 attention families is a search-space option (see compress/families/attn.py).
 
 State is saved with ``accelerator.save_state`` every ``checkpoint_every`` epochs; a run that is interrupted
@@ -20,6 +22,7 @@ and started again resumes from the last saved epoch. The final checkpoint is wri
 
 from __future__ import annotations
 
+import itertools
 import logging
 import json
 import math
@@ -84,6 +87,16 @@ def project_conflicts(params: list[torch.nn.Parameter], largest_grads: list[torc
 # Uniform draws per MACs target (subnet_sampling: macs): enough that the closest one lands near the target
 # over most of the range; the draws are cheap (MACs are summed from cached pieces, no model is built).
 MACS_TARGET_DRAWS = 64
+
+
+def teacher_archs(space, families: str) -> list:
+    """The largest subnets that take turns, one per step, as the labels' subnet and the in-place teacher:
+    ``first``, only the space's largest (each stage's first-listed family); ``cycle``, the largest of every
+    combination of the stages' families, that one first."""
+    if families == "first":
+        return [space.largest()]
+    combos = [space.largest(list(blocks)) for blocks in itertools.product(*(s.blocks for s in space.stages))]
+    return [space.largest()] + [a for a in combos if a != space.largest()]
 
 
 def sample_random_subnets(space, rng: random.Random, k: int, how: str, macs=None) -> list:
@@ -173,6 +186,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
         log(f"resuming supernet training from epoch {start_epoch}/{cfg.epochs} ({state_dir})")
 
     largest = space.largest()
+    teachers = teacher_archs(space, cfg.teacher_families)
     macs = None
     if cfg.subnet_sampling == "macs":
         from compress.search.features import ModelIO, SubnetCosts  # only this option needs MACs
@@ -199,11 +213,12 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
             make_loader(data.train, cfg.batch_size, shuffle=True, seed=seed * 100_003 + epoch, drop_last=True)
         )
         epoch_loss, seen = 0.0, 0
-        for x, y in loader:
+        for i, (x, y) in enumerate(loader):
             x = augment_batch(x, crop_padding=recipe.data.augment.crop_padding, hflip=recipe.data.augment.hflip,
                               generator=aug_gen)
             with accelerator.autocast():
-                supernet.set_active(largest)
+                # By global step, so a resumed run takes the same turns.
+                supernet.set_active(teachers[(epoch * steps_per_epoch + i) % len(teachers)])
                 teacher_logits = model(x)
                 largest_loss = F.cross_entropy(teacher_logits, y, label_smoothing=cfg.label_smoothing)
                 soft_targets = teacher_logits.detach().float()
