@@ -692,9 +692,8 @@ def run_ground_truth(loaded: LoadedRecipe, args) -> int:
     recipe = loaded.recipe
     data = loaded.load_data()
     supernet = plain_supernet(loaded, data)
-    archs = spread_architectures(loaded.space, supernet, args.archs, (1, data.in_channels, data.image_size,
-                                                                      data.image_size),
-                                 seed=recipe.seed, pool_size=args.pool)
+    shape = (1, data.in_channels, data.image_size, data.image_size)
+    archs = spread_architectures(loaded.space, supernet, args.archs, shape, seed=recipe.seed, pool_size=args.pool)
     truth = GroundTruth(loaded, data, supernet, ResultCache(CACHE))
     wanted = [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1)
                                                         for i in noise_picks(len(archs), args.noise_archs)]
