@@ -144,9 +144,9 @@ class SupernetConfig(_Strict):
     subnet_sampling: Literal["uniform", "size", "macs"] = "uniform"
     # which block families the step's largest subnet (trained on the labels, and the in-place teacher) uses:
     # "first", each stage's first-listed family, every step; or "cycle", every combination of the stages'
-    # families in turn, one per step, so each family's widest weights learn from the labels too. Measured on
-    # mosaic, every supernet misjudged attention in a middle stage against convolution the same way (the
-    # ranking bench's bias table); its widest weights were only ever trained as a student's.
+    # families in turn, one per step, so each family's widest weights learn from the labels too. Tried because
+    # every mosaic supernet misjudged attention in the middle stage against convolution (the ranking bench's
+    # bias table); measured (README), it did not remove that bias and ranked worse, so it is off by default.
     teacher_families: Literal["first", "cycle"] = "first"
     grad_clip: float = Field(default=5.0, gt=0)
     bn_calibration_batches: int = Field(default=10, ge=1, le=10_000)

@@ -298,8 +298,8 @@ def test_ground_truth_only_trains_each_model_once_without_a_supernet(tmp_path, m
 
 
 def test_choice_bias_averages_the_gap_per_value_of_a_choice(space):
-    # Four architectures: stage 1 attention-ending inherits 2 points below stand-alone, conv exactly; every
-    # other choice is balanced between the two, so only the family shows a difference.
+    # Four architectures: those with attention in stage 1 inherit 2 points below stand-alone, conv ones exactly;
+    # every other choice is balanced between the two, so only the family shows a difference.
     archs = [space.smallest(["conv", b, "conv"]) for b in ("attn", "conv")]
     archs += [space.largest(["conv", b, "conv"]) for b in ("attn", "conv")]
     rows = []

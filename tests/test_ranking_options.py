@@ -223,6 +223,8 @@ def test_cycled_teachers_are_the_largest_of_every_family_combination(tiny_space)
 def test_cycled_teachers_train_the_widest_weights_of_every_family(tmp_path):
     """With the first family as the only teacher, stage 1's attention channels beyond the smallest width are
     never trained with no random subnets; cycling the teacher's families trains them."""
+    from accelerate.utils import set_seed
+
     from compress.recipe import load_recipe
     from compress.supernet.checkpoint import load_supernet
     from compress.train.supernet import train_supernet
@@ -234,8 +236,6 @@ def test_cycled_teachers_train_the_widest_weights_of_every_family(tmp_path):
         # 200 images: 4 steps of 32 (70% train), one per combination of families
         loaded = load_recipe(tiny_recipe(tmp_path / families, data={"size": 200}, supernet={
             "epochs": 1, "random_subnets": 0, "weight_decay": 0.0, "teacher_families": families}))
-        from accelerate.utils import set_seed
-
         set_seed(0)  # the initial weights, made as train_supernet makes them
         data = loaded.load_data()
         initial = HybridSupernet(loaded.space, data.in_channels, data.num_classes, data.mean, data.std)
@@ -243,7 +243,7 @@ def test_cycled_teachers_train_the_widest_weights_of_every_family(tmp_path):
         trained[families] = (initial, ckpt.supernet)
     for families, (initial, net) in trained.items():
         before, after = (dict(n.stages[1].families["attn"].named_parameters()) for n in (initial, net))
-        # the rows of the output projection beyond the smallest width (8 of 16) belong to wide subnets only
+        # rows beyond the smallest width (8 of 16) of the tensors the stage width sizes: wide subnets' only
         wide = [name for name, p in after.items() if p.dim() >= 1 and p.shape[0] == 16]
         assert wide
         changed = any(not torch.equal(before[name][8:], after[name][8:]) for name in wide)

@@ -13,8 +13,7 @@ subnets spread over the size range instead of mostly mid-sized, every choice dra
 macs`` (AttentiveNAS: a MACs target per random subnet, stratified over the range, met by the closest of a few
 uniform draws, so mixed configurations stay as likely as in uniform sampling), ``teacher_families: cycle`` (the
 largest subnet of a step takes every combination of block families in turn, see :func:`teacher_archs`).
-``heads_mode: regroup`` of the
-attention families is a search-space option (see compress/families/attn.py).
+``heads_mode: regroup`` of the attention families is a search-space option (see compress/families/attn.py).
 
 State is saved with ``accelerator.save_state`` every ``checkpoint_every`` epochs; a run that is interrupted
 and started again resumes from the last saved epoch. The final checkpoint is written atomically.
