@@ -108,11 +108,16 @@ def choices(arch: Arch) -> dict[str, str]:
     return out
 
 
+def mean_inherited(row: dict) -> float:
+    """A row's inherited accuracy averaged over its calibration draws (the search's own draw when only one)."""
+    return statistics.fmean(row.get("inherited_draws") or [row["inherited"]])
+
+
 def choice_bias(rows: list[dict], archs: list[Arch]) -> dict[str, dict[str, float]]:
     """Per choice with more than one value among ``archs``: the mean gap (inherited minus stand-alone, every
     calibration draw averaged) of the rows holding each value. A ranking error that is noise averages out
     here; one that is bias shows as a difference between the values of one choice."""
-    gaps = [statistics.fmean(r.get("inherited_draws") or [r["inherited"]]) - r["standalone"] for r in rows]
+    gaps = [mean_inherited(r) - r["standalone"] for r in rows]
     per = [choices(a) for a in archs]
     out = {}
     for name in per[0]:
@@ -678,8 +683,7 @@ def bias_markdown(archs: list[Arch], results: list[dict]) -> list[str]:
            for name, values in biases[0].items() for v in values]
     md += ["", "Options: " + "; ".join(f"({i + 1}) {r['option']}" for i, r in enumerate(results)) + "."]
     if len(results) > 1:
-        mean = [statistics.fmean(statistics.fmean(o["rows"][i].get("inherited_draws") or [o["rows"][i]["inherited"]])
-                                 for o in results) for i in range(len(archs))]
+        mean = [statistics.fmean(mean_inherited(o["rows"][i]) for o in results) for i in range(len(archs))]
         rho = rank_statistics(mean, [r["standalone"] for r in results[0]["rows"]], resamples=0)["spearman"]
         md += ["", f"The {len(results)} options' inherited accuracies averaged (every draw of each): Spearman "
                f"{rho:.3f}, against {max(r['spearman'] for r in results):.3f} for the best single one."]

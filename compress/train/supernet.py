@@ -92,10 +92,11 @@ def teacher_archs(space, families: str) -> list:
     """The largest subnets that take turns, one per step, as the labels' subnet and the in-place teacher:
     ``first``, only the space's largest (each stage's first-listed family); ``cycle``, the largest of every
     combination of the stages' families, that one first."""
+    first = space.largest()
     if families == "first":
-        return [space.largest()]
+        return [first]
     combos = [space.largest(list(blocks)) for blocks in itertools.product(*(s.blocks for s in space.stages))]
-    return [space.largest()] + [a for a in combos if a != space.largest()]
+    return [first] + [a for a in combos if a != first]
 
 
 def sample_random_subnets(space, rng: random.Random, k: int, how: str, macs=None) -> list:
