@@ -248,3 +248,29 @@ def test_cycled_teachers_train_the_widest_weights_of_every_family(tmp_path):
         assert wide
         changed = any(not torch.equal(before[name][8:], after[name][8:]) for name in wide)
         assert changed == (families == "cycle"), families
+
+
+@pytest.mark.slow
+def test_label_trained_students_are_never_distilled(tmp_path, monkeypatch):
+    """``kd_loss: labels``: the sampled subnets learn from the labels; the default distils every one of them."""
+    import compress.train.supernet as trainer
+    from compress.recipe import load_recipe
+    from tests.conftest import tiny_recipe
+
+    calls = {"n": 0}
+
+    def counted(student, teacher, temperature):
+        calls["n"] += 1
+        return logit_kd_loss(student, teacher, temperature)
+
+    monkeypatch.setattr(trainer, "logit_kd_loss", counted)
+    seen = {}
+    for kd in ("labels", "kl"):
+        (tmp_path / kd).mkdir()
+        calls["n"] = 0
+        loaded = load_recipe(tiny_recipe(tmp_path / kd, data={"size": 200}, supernet={
+            "epochs": 1, "batch_size": 32, "random_subnets": 1, "kd_loss": kd}))
+        trainer.train_supernet(loaded, loaded.run_dir(None), log=lambda *_: None)
+        seen[kd] = calls["n"]
+    # 200 images, 70% for training: 4 steps of 32, each with the smallest and one random student
+    assert seen == {"labels": 0, "kl": 8}

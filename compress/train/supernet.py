@@ -6,7 +6,7 @@ step is one graph and runs unchanged under DistributedDataParallel. Every rank d
 (the subnet sampler is seeded per epoch), which DDP requires.
 
 Options that help inherited accuracy rank architectures (recipe ``supernet:``): ``kd_loss: alpha`` (AlphaNet's
-adaptive alpha-divergence instead of KL), ``few_shot: true`` (no weight of a stage shared by two block
+adaptive alpha-divergence instead of KL) or ``labels`` (no in-place distillation: the students learn from the labels), ``few_shot: true`` (no weight of a stage shared by two block
 families), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient loses its component against the
 largest subnet's where they conflict; two backward passes, one process), ``subnet_sampling: size`` (the random
 subnets spread over the size range instead of mostly mid-sized, every choice drawn near one level), ``subnet_sampling:
@@ -196,6 +196,8 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
     temperature = cfg.distill_temperature
     if cfg.kd_loss == "alpha":
         kd_loss = alpha_divergence_loss  # AlphaNet distils at temperature 1
+    elif cfg.kd_loss == "labels":
+        kd_loss = None  # the students learn from the labels (with the largest's label smoothing)
     else:
         kd_loss = lambda student, teacher: logit_kd_loss(student, teacher, temperature)  # noqa: E731
     started = time.time()
@@ -227,7 +229,10 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
                 student_loss = torch.zeros((), device=largest_loss.device)
                 for arch in students:
                     supernet.set_active(arch)
-                    student_loss = student_loss + kd_loss(model(x).float(), soft_targets)
+                    logits = model(x).float()
+                    student_loss = student_loss + (
+                        F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing) if kd_loss is None
+                        else kd_loss(logits, soft_targets))
                 loss = largest_loss + student_loss
             if not torch.isfinite(loss):
                 raise CompressError(
