@@ -119,7 +119,7 @@ def relative_latency(study, metrics: dict) -> float:
 
 def measured_candidates(loaded: LoadedRecipe, studies: list):
     """Features and targets of every distinct measured candidate (latency relative to its study's reference),
-    and every measurement of each, for the noise floor."""
+    every measurement of each, for the noise floor, and the columns of the cost terms (the additive model's)."""
     import numpy as np
 
     from compress.search.features import CandidateFeatures, ModelIO
@@ -140,7 +140,8 @@ def measured_candidates(loaded: LoadedRecipe, studies: list):
             rows.append(x)
             for m in METRICS:
                 targets[m].append(metrics[m])
-    return np.stack(rows), {m: np.array(v) for m, v in targets.items()}, list(repeats.values())
+    return (np.stack(rows), {m: np.array(v) for m, v in targets.items()}, list(repeats.values()),
+            features.cost_terms)
 
 
 def latency_noise(repeats: list[list[float]]) -> dict:
@@ -158,7 +159,7 @@ def predictor_quality(loaded: LoadedRecipe, studies: list, budget: int) -> dict:
     """Held-out quality of every regressor kind on the distinct candidates all studies measured."""
     from compress.search.predictors import KINDS, evaluate_predictors
 
-    X, y, repeats = measured_candidates(loaded, studies)
+    X, y, repeats, terms = measured_candidates(loaded, studies)
     out = {"candidates": len(X), "budget": budget, "latency": "relative to the study's reference",
            "noise": latency_noise(repeats), "kinds": {}}
     for kind in KINDS:
@@ -166,7 +167,7 @@ def predictor_quality(loaded: LoadedRecipe, studies: list, budget: int) -> dict:
         for label, holdout in (("75%", 0.25), ("budget", 1 - budget / len(X))):
             if holdout <= 0 or len(X) - round(holdout * len(X)) < 8:
                 continue
-            q = evaluate_predictors(X, y, holdout=holdout, splits=5, kind=kind)
+            q = evaluate_predictors(X, y, holdout=holdout, splits=5, kind=kind, terms=terms)
             out["kinds"][kind][label] = {m: v.to_dict() for m, v in q.items()}
             print(f"predictors: {kind} fitted on {label}: " + ", ".join(
                 f"{m} tau {v.kendall:.2f} mape {100 * v.mape:.1f}%" for m, v in q.items()), flush=True)

@@ -18,6 +18,7 @@ from compress.search.hypervolume import hypervolume
 from compress.search.predictor_sampler import PredictorSampler
 from compress.search.predictors import MIN_TRAIN, evaluate_predictors, quality
 from compress.search.record import PREDICTED
+from compress.search.suggest import quant_backends
 from tests.conftest import tiny_recipe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -88,17 +89,22 @@ def test_feature_macs_and_params_equal_those_of_the_extracted_subnet(tiny_space,
             assert {k: n for k, n in cost.weights[unit].items() if n} == kinds, unit
 
 
-def test_size_estimate_counts_only_what_the_backend_quantizes(every_policy):
+def test_size_estimate_counts_only_what_the_backend_quantizes(every_policy, tmp_path):
     from compress.policies import Policies
     from compress.policies.quantize import QuantPolicy
 
-    features = CandidateFeatures(every_policy.space, every_policy.recipe, ModelIO(3, 16, 5))
+    on_torch = load_recipe(tiny_recipe(tmp_path, target={"runtime": "torch"}, search={"policies": ALL_POLICIES}))
+    # One feature set per runtime: a candidate's backend is one its recipe's runtime offers.
+    by_backend = {b: CandidateFeatures(loaded.space, loaded.recipe, ModelIO(3, 16, 5))
+                  for loaded in (on_torch, every_policy) for b in (*quant_backends(loaded.recipe), "none")}
+    features = by_backend["none"]
     arch, size = every_policy.space.largest(), features.names.index("size_mb_est")
     cost = features.costs(arch)
     assert cost.weights["stem"].get("conv") and not cost.weights["stem"].get("linear")
 
     def estimate(backend, units):
-        return features.of(arch, Policies(quant=QuantPolicy(backend, tuple(units))))[size]
+        f = by_backend[backend]
+        return f.of(arch, Policies(quant=QuantPolicy(backend, tuple(units))))[f.names.index("size_mb_est")]
 
     fp32 = estimate("none", ())
     assert fp32 == pytest.approx(4 * cost.total_params / 1e6)
@@ -108,6 +114,51 @@ def test_size_estimate_counts_only_what_the_backend_quantizes(every_policy):
     linear = cost.weights["classifier"]["linear"]
     assert estimate("ort-dynamic", ["classifier"]) == pytest.approx(fp32 - 3 * linear / 1e6)
     assert estimate("bnb-nf4", ["classifier"]) == pytest.approx(fp32 - 3.5 * linear / 1e6)
+    with pytest.raises(ValueError, match="'bnb-nf4' is not one of this recipe's"):
+        by_backend["ort-static"].of(arch, Policies(quant=QuantPolicy("bnb-nf4", ("classifier",))))
+
+
+def test_cost_terms_split_the_macs_and_layers_by_group_and_precision(every_policy):
+    from compress.policies import Policies
+    from compress.policies.prune import PrunePolicy
+    from compress.policies.quantize import QuantPolicy
+    from compress.search.features import COST_PREFIX
+
+    features = CandidateFeatures(every_policy.space, every_policy.recipe, ModelIO(3, 16, 5))
+    arch = every_policy.space.largest()
+    cost = features.costs(arch)
+    terms = [features.names[i] for i in features.cost_terms]
+    assert terms and all(n.startswith(COST_PREFIX) for n in terms)
+
+    def read(policies):
+        v = features.of(arch, policies)
+        return {n[len(COST_PREFIX):]: v[i] for n, i in zip(terms, features.cost_terms)}
+
+    def total(t, what):
+        return sum(v for k, v in t.items() if k.startswith(what + "."))
+
+    fp32 = read(Policies())
+    assert total(fp32, "mmacs") == pytest.approx(cost.total_macs / 1e6)
+    assert fp32["mmacs.other.fp32"] == pytest.approx((cost.macs["stem"] + cost.macs["classifier"]) / 1e6)
+    family = arch.stages[0].block
+    assert fp32[f"layers.{family}.fp32"] >= arch.stages[0].depth
+    assert total(fp32, "layers") == 2 + sum(s.depth for s in arch.stages) and fp32["boundaries"] == 0
+
+    # INT8 stem: its MACs move to the backend's column, with a boundary on each side of it.
+    stem = read(Policies(quant=QuantPolicy("ort-static", ("stem",))))
+    assert stem["mmacs.other.ort-static"] == pytest.approx(cost.macs["stem"] / 1e6)
+    assert stem["layers.other.ort-static"] == 1 and stem["boundaries"] == 2
+    # ort-dynamic leaves convolutions fp32: an "INT8" stem runs in fp32 and adds no boundary.
+    assert read(Policies(quant=QuantPolicy("ort-dynamic", ("stem",)))) == fp32
+    every = read(Policies(quant=QuantPolicy("ort-static", tuple(features.units))))
+    assert every["boundaries"] == 2 and total(every, "mmacs") == pytest.approx(total(fp32, "mmacs"))
+    ends = read(Policies(quant=QuantPolicy("ort-static", ("stem", "classifier"))))
+    assert ends["boundaries"] == 4
+
+    # Pruning a stage by r keeps about (1 - r)^2 of its MACs (the estimate the other features use).
+    pruned = read(Policies(prune=PrunePolicy(ratios=(0.5,) + (0.0,) * (len(arch.stages) - 1))))
+    assert fp32["mmacs." + family + ".fp32"] - pruned["mmacs." + family + ".fp32"] == pytest.approx(
+        0.75 * cost.macs["stages.0"] / 1e6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,6 +182,60 @@ def test_held_out_quality_tells_a_learnable_target_from_noise():
     assert abs(q["noise"].kendall) < 0.4
     with pytest.raises(ValueError, match="too few"):
         evaluate_predictors(X[:9], targets={"latency": targets["latency"][:9]})
+
+
+def test_the_additive_predictor_fits_a_sum_of_costs_better_than_the_gp():
+    from compress.search.predictors import Predictor, default_kind
+
+    rng = np.random.default_rng(0)
+    n, terms = 60, [2, 3, 4, 5]
+    X = rng.uniform(0, 1, size=(n, 8))
+    X[:, terms] = rng.uniform(0, 4, size=(n, 4)) * rng.integers(0, 2, size=(n, 4))  # a unit in fp32 or INT8
+    truth = np.array([0.30, 0.12, 0.05, 0.0])
+    latency = (0.2 + X[:, terms] @ truth) * rng.normal(1.0, 0.02, size=n)
+    additive = evaluate_predictors(X, {"latency": latency}, splits=8, kind="additive", terms=terms)["latency"]
+    gp = evaluate_predictors(X, {"latency": latency}, splits=8, kind="gp")["latency"]
+    assert additive.within_10 > 0.9 and additive.within_10 > gp.within_10 and additive.mape < gp.mape
+    fitted = Predictor("additive", terms=terms).fit(X, latency).model
+    assert np.all(fitted.coef[:-1] >= 0) and fitted.coef[:-1] == pytest.approx(truth, abs=0.02)
+    # A constraint's violation (latency minus a limit above every value) fits as well: the intercept is free.
+    violation = Predictor("additive", terms=terms).fit(X, latency - 3.0)
+    assert violation.predict(X) == pytest.approx(latency - 3.0, abs=0.1)
+    with pytest.raises(ValueError, match="cost terms"):
+        Predictor("additive").fit(X, latency)
+
+    assert default_kind("latency_ms", True) == default_kind("latency_ms@board", True) == "additive"
+    assert default_kind("latency_ms", False) == default_kind("accuracy", True) == default_kind("size_mb", True) == "gp"
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
+def test_the_sampler_fits_latency_with_the_additive_model_when_the_features_have_cost_terms():
+    class WithCosts(ParamFeaturesForTest):
+        cost_terms = [0, 1, 2, 3]
+
+    def objective(trial):
+        a, b = synthetic(trial)
+        return a, 1.0 + sum(trial.params[f"x{i}"] for i in range(4))
+
+    for features, expected in ((WithCosts, "additive"), (None, "gp")):
+        sampler = PredictorSampler(n_warmup=MIN_TRAIN, n_candidates=50, seed=0,
+                                   features=(lambda study, f=features: f(study)) if features else None)
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        study.set_metric_names(["error", "latency_ms"])
+        study.optimize(objective, n_trials=MIN_TRAIN + 1)
+        assert predicted(study.trials[-1])["how"] in ("predicted", "explore")
+        (fitted,) = sampler._fits.values()
+        assert fitted["o:latency_ms"].kind == expected and fitted["o:error"].kind == "gp"
+
+
+class ParamFeaturesForTest:
+    """Each of the synthetic study's parameters as a number (its x's first, so they are columns 0-3)."""
+
+    def __init__(self, study):
+        pass
+
+    def __call__(self, params):
+        return np.array([params[f"x{i}"] for i in range(4)] + [["a", "b", "c"].index(params["c"])], dtype=float)
 
 
 # --------------------------------------------------------------------------------------------------

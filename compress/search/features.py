@@ -21,7 +21,13 @@ The vector, by name:
   (4 bytes per parameter, except the weights the chosen backend stores quantized: those of the layer kinds it
   quantizes, :data:`~compress.policies.quantize.QUANTIZED_KINDS`, in the INT8 units), with the share of
   parameters stored quantized. The estimates are features, not predictions: the regressors learn how far to
-  trust them.
+  trust them;
+- cost terms, what latency is close to a sum of (:data:`COST_PREFIX` names; the ``additive`` predictor of
+  :mod:`compress.search.predictors` fits latency on them alone): per group of layers (``other``: stem and
+  classifier; else the block family of a stage) and precision the unit runs in (``fp32`` or the INT8 backend
+  that quantizes any of its weights), millions of MACs after pruning and token merging, and the number of
+  layers (fixed cost per operator: on the small subnets searched here, what the MACs do not explain); and the
+  number of fp32/INT8 boundaries from input to output (each adds quantize/dequantize work).
 
 MACs and parameters come from :func:`compress.measure.macs.count_macs` on real modules, but never of a whole
 candidate (a few milliseconds each, too slow for the thousands the sampler scores per trial): a subnet's cost
@@ -50,6 +56,8 @@ from compress.search.study import STUDY_ATTR_MODEL_IO
 from compress.search.suggest import decode_policies, policy_genes, quant_backends, space_units
 from compress.space import Arch, SearchSpace
 from compress.supernet import HybridSupernet, subnet_config
+
+COST_PREFIX = "cost."  # names of the cost terms (module doc): what an additive latency model is fitted on
 
 # What is assumed for a study on which the search has not recorded its model's input yet.
 DEFAULT_IMAGE_SIZE, DEFAULT_CHANNELS, DEFAULT_CLASSES = 32, 3, 10
@@ -199,7 +207,10 @@ class CandidateFeatures:
         cfg = recipe.search.policies
         self.importances = list(cfg.prune.importance) if cfg.prune.enabled else []
         self.backends = quant_backends(recipe) if cfg.quantize.enabled else []
+        self.groups = ["other", *sorted({b for spec in space.stages for b in spec.blocks})]
+        self.precisions = ["fp32", *self.backends]
         self.names = self._names()
+        self.cost_terms = [i for i, n in enumerate(self.names) if n.startswith(COST_PREFIX)]
 
     @classmethod
     def for_study(cls, loaded: LoadedRecipe, study) -> "CandidateFeatures":
@@ -231,6 +242,9 @@ class CandidateFeatures:
         names += [f"log_macs.{u}" for u in self.units] + [f"log_params.{u}" for u in self.units]
         names += ["log_macs", "log_params", "log_macs_pruned_est", "log_params_pruned_est", "size_mb_est",
                   "int8_param_share"]
+        names += [f"{COST_PREFIX}{what}.{g}.{p}" for what in ("mmacs", "layers") for g in self.groups
+                  for p in self.precisions]
+        names.append(f"{COST_PREFIX}boundaries")
         return names
 
     def of(self, arch: Arch, policies: Policies) -> list[float]:
@@ -261,6 +275,7 @@ class CandidateFeatures:
             for _ in range(last.depth):  # r per attention layer, at most half of what is left (merge_tokens)
                 merged -= min(policies.merge.r, merged // 2)
         out += list(cost.tokens) + [merged]
+        merged_share = merged / cost.tokens[-1] if cost.tokens[-1] else 1.0
         out += [_log10(cost.macs[u]) for u in self.units] + [_log10(cost.params[u]) for u in self.units]
         keep = {u: (1 - ratios[u]) ** 2 for u in self.units}
         params_left = {u: cost.params[u] * keep[u] for u in self.units}
@@ -274,4 +289,24 @@ class CandidateFeatures:
         out += [_log10(cost.total_macs), _log10(cost.total_params),
                 _log10(sum(cost.macs[u] * keep[u] for u in self.units)), _log10(sum(params_left.values())),
                 size_mb, share]
+
+        # Cost terms: each unit's MACs (pruned; the last stage's also merged) and layers under its group and
+        # the precision it runs in; a unit marked INT8 whose weights the backend leaves fp32 (ort-dynamic on a
+        # convolutional stage) runs in fp32.
+        mmacs = {(g, p): 0.0 for g in self.groups for p in self.precisions}
+        layers = dict(mmacs)
+        last_unit = f"stages.{len(arch.stages) - 1}"
+        groups = {"stem": "other", "classifier": "other", **{f"stages.{i}": s.block for i, s in enumerate(arch.stages)}}
+        depths = {"stem": 1, "classifier": 1, **{f"stages.{i}": s.depth for i, s in enumerate(arch.stages)}}
+        if q.enabled and q.backend not in self.precisions:  # one column per backend the recipe may choose
+            raise ValueError(f"quantization backend {q.backend!r} is not one of this recipe's {self.backends}")
+        chain = ["fp32"]  # the precision of the input, of each unit in order, and of the output
+        for u in self.units:
+            runs_int8 = int8[u] and any(cost.weights[u].get(k, 0) for k in QUANTIZED_KINDS[q.backend])
+            precision = q.backend if runs_int8 else "fp32"
+            mmacs[groups[u], precision] += cost.macs[u] * keep[u] * (merged_share if u == last_unit else 1.0) / 1e6
+            layers[groups[u], precision] += depths[u]
+            chain.append(precision)
+        chain.append("fp32")
+        out += list(mmacs.values()) + list(layers.values()) + [float(sum(a != b for a, b in zip(chain, chain[1:])))]
         return out

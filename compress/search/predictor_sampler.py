@@ -13,7 +13,8 @@ the trial's first parameter):
    their parameters (baselines), the warm-up sampler (random by default) decides: predictors need a
    spread of measured points, which random draws give.
 2. **Fit.** One regressor per objective and per constraint (:mod:`compress.search.predictors`) on the
-   features of every completed trial. Too few completed trials, or a fit that fails, fall back to the
+   features of every completed trial: for latency, a non-negative sum of per-layer costs, for the rest a
+   Gaussian process (:func:`~compress.search.predictors.default_kind`). Too few completed trials, or a fit that fails, fall back to the
    warm-up sampler for this trial with a log note (once per reason); the study never stops for it.
 3. **Candidates.** ``n_candidates`` parameter sets: half drawn at random from the parameters' distributions,
    half bred from the measured front (uniform crossover of two front trials, then mutation of each
@@ -50,7 +51,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from compress.search.predictors import DEFAULT_KIND, MIN_TRAIN, fit_predictors
+from compress.search.predictors import MIN_TRAIN, default_kind, fit_predictors
 from compress.search.record import PREDICTED
 
 logger = logging.getLogger(__name__)
@@ -103,12 +104,14 @@ class _Plan:
 
 class PredictorSampler(BaseSampler):
     """See the module doc. ``features(study)`` returns the featurizer of the study's candidates (default:
-    :class:`ParamFeatures` of the parameters' distributions); ``kind`` is the regressor
-    (:data:`compress.search.predictors.KINDS`)."""
+    :class:`ParamFeatures` of the parameters' distributions); ``kind`` is the regressor of every target
+    (:data:`compress.search.predictors.KINDS`), by default each metric's own
+    (:func:`~compress.search.predictors.default_kind`: additive for latency, when the featurizer has
+    ``cost_terms``)."""
 
     def __init__(self, *, warmup_sampler: BaseSampler | None = None, n_warmup: int = 16, n_candidates: int = 2000,
                  explore: float = 0.1, seed: int | None = None,
-                 features: Callable[[Study], Featurizer] | None = None, kind: str = DEFAULT_KIND):
+                 features: Callable[[Study], Featurizer] | None = None, kind: str | None = None):
         if n_warmup < 1 or n_candidates < 1 or not 0 <= explore <= 1:
             raise ValueError(f"n_warmup {n_warmup} and n_candidates {n_candidates} must be >= 1, "
                              f"explore {explore} in [0, 1]")
@@ -197,7 +200,10 @@ class PredictorSampler(BaseSampler):
         key = (id(study._storage), study._study_id, tuple(t.number for t in completed))
         if key not in self._fits:
             all_targets = {**{f"o:{n}": y for n, y in targets.items()}, **{f"c:{n}": y for n, y in constraints.items()}}
-            fitted = fit_predictors(X, all_targets, seed=self._seed or 0, kinds=dict.fromkeys(all_targets, self._kind))
+            terms = getattr(featurize, "cost_terms", None)
+            # A target's metric: the objective's name, or a constraint's first word ("latency_ms <= 2").
+            kinds = {t: self._kind or default_kind(t[2:].split()[0], bool(terms)) for t in all_targets}
+            fitted = fit_predictors(X, all_targets, seed=self._seed or 0, kinds=kinds, terms=terms)
             self._fits = {key: fitted}  # only the latest fit is kept: the next trial reuses it if nothing finished
         fitted = self._fits[key]
 
