@@ -33,7 +33,8 @@ the trial's first parameter):
    predicted closest to the front (smallest additive epsilon).
 
 The trial records what the predictors expected (``compress.predicted``: objectives by metric name,
-constraint values, whether it was chosen or explored, and how many trials the predictors were fitted on),
+constraint values, whether it was chosen or explored, how many trials the predictors were fitted on, and
+which regressor predicted each objective),
 so ``compress report`` can set predictions against measurements.
 """
 
@@ -255,7 +256,8 @@ class PredictorSampler(BaseSampler):
             choice, how = int(np.argmin(total)), "least infeasible"
         record = {"objectives": {n: float(predicted[n][choice]) for n in names},
                   "constraints": {n: float(violation[n][choice]) for n in constraint_names},
-                  "how": how, "fitted_on": len(completed)}
+                  "how": how, "fitted_on": len(completed),
+                  "regressors": {n: fitted[f"o:{n}"].kind for n in names}}
         return _Plan(space, pool[choice]), record
 
     def _featurizer(self, study: Study, space: dict[str, BaseDistribution]) -> Featurizer:

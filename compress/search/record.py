@@ -21,7 +21,8 @@ PRUNE_REASON = "prune_reason"  # a trial pruned as surplus (the study already ha
 BASELINE = "compress.baseline"  # set when the trial was queued as a named baseline
 DEVICE_FAILURE = "compress.device_failure"  # why its device server was unavailable (the trial is queued again)
 # What the predictor sampler expected of the trial before it was measured (set by the sampler, not the loop):
-# {"objectives": {metric: value}, "constraints": {constraint: value}, "how": ..., "fitted_on": trials}
+# {"objectives": {metric: value}, "constraints": {constraint: value}, "how": ..., "fitted_on": trials,
+#  "regressors": {metric: regressor kind}}
 PREDICTED = "compress.predicted"
 # The artifact id of the weights the trial trained (recovery distillation), kept so that export does not train
 # them again (compress.search.trial_weights)
