@@ -134,6 +134,10 @@ class SupernetConfig(_Strict):
     kd_loss: Literal["kl", "alpha", "labels"] = "kl"
     # few-shot split by block family: no weight of a stage is trained by two families
     few_shot: bool = False
+    # few-shot split on the stem width: each stem width gets its own stem and first down-sampling convolution
+    # (tried because the stem width alone ranks mosaic's stand-alone models at 0.81, and every supernet
+    # compressed that gap: a narrow stem sliced from the wide one may inherit what is not its own)
+    split_stem: bool = False
     # NASViT's gradient projection: a sampled subnet's gradient that conflicts with the largest subnet's
     # (negative inner product, per weight tensor) loses its component along the largest one's
     gradient_projection: bool = False

@@ -125,6 +125,39 @@ def test_a_supernet_seed_trains_another_supernet_on_the_same_data(tmp_path):
     assert default.supernet_key() != other.supernet_key()
 
 
+def test_split_stem_gives_each_stem_width_its_own_stem_and_first_downsampling_and_extracts_exactly(tiny_space):
+    torch.manual_seed(0)
+    net = HybridSupernet(tiny_space, 3, 5, [0.5] * 3, [0.25] * 3, split_stem=True, few_shot=True)
+    assert set(net.stems) == {"4", "8"} and not hasattr(net, "stem")
+    assert set(net.stages[0].downsamples) == {"shared@4", "shared@8"}  # stage 0 has one family
+    assert set(net.stages[1].downsamples) == {"conv", "attn"}  # later stages split by family only
+    assert net.stems["4"].weight.shape[0] == 4 and net.stages[0].downsamples["shared@4"].weight.shape[1] == 4
+    shared = HybridSupernet(tiny_space, 3, 5, [0.5] * 3, [0.25] * 3)
+    assert not shared.split_stem and set(shared.stages[0].downsamples) == {"shared"}
+
+    rng = random.Random(0)
+    archs = [tiny_space.sample(rng) for _ in range(12)]
+    assert {a.stem_width for a in archs} == {4, 8}
+    narrow = next(a for a in archs if a.stem_width == 4)
+    # A step of a stem-4 subnet trains the stem-4 path and leaves the stem-8 one as it was.
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.set_active(narrow)
+    net.train()(torch.rand(8, 3, 16, 16)).sum().backward()
+    assert net.stems["4"].weight.grad is not None and net.stems["8"].weight.grad is None
+    assert net.stages[0].downsamples["shared@8"].weight.grad is None
+    with torch.no_grad():
+        for a in archs[:4]:
+            net.set_active(a)
+            net.train()(torch.rand(8, 3, 16, 16))
+    assert not torch.equal(net.stems["4"].bn.running_mean, before["stems.4.bn.running_mean"])
+    net.eval()
+    x = torch.rand(4, 3, 16, 16)
+    for arch in archs:
+        net.set_active(arch)
+        with torch.no_grad():
+            torch.testing.assert_close(extract_subnet(net, arch).eval()(x), net(x), atol=1e-5, rtol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["size", "macs"])
 def test_training_with_every_ranking_option_runs_and_reloads(tmp_path, sampling):
@@ -136,17 +169,20 @@ def test_training_with_every_ranking_option_runs_and_reloads(tmp_path, sampling)
     loaded = load_recipe(tiny_recipe(tmp_path, supernet={"epochs": 1, "batch_size": 32, "lr": 0.005,
                                                          "random_subnets": 1, "bn_calibration_batches": 2,
                                                          "kd_loss": "alpha", "few_shot": True,
-                                                         "gradient_projection": True,
+                                                         "split_stem": True, "gradient_projection": True,
                                                          "subnet_sampling": sampling}))
     run = loaded.run_dir(None)
     torch.manual_seed(0)
-    initial = HybridSupernet(loaded.space, 3, 4, [0.5] * 3, [0.25] * 3, few_shot=True)
+    initial = HybridSupernet(loaded.space, 3, 4, [0.5] * 3, [0.25] * 3, few_shot=True, split_stem=True)
     ckpt = load_supernet(train_supernet(loaded, run))
     assert ckpt.meta["few_shot"] is True and ckpt.supernet.few_shot
+    assert ckpt.meta["split_stem"] is True and ckpt.supernet.split_stem
     stage = ckpt.supernet.stages[1]
-    # both families' down-sampling convolutions were trained, separately
+    # both families' down-sampling convolutions were trained, separately; so were both stems
     for family in ("conv", "attn"):
         assert not torch.equal(stage.downsamples[family].weight, initial.stages[1].downsamples[family].weight)
+    for width in ("4", "8"):
+        assert not torch.equal(ckpt.supernet.stems[width].weight, initial.stems[width].weight)
     assert all(0 <= v <= 1 for v in ckpt.meta["metrics"].values())
 
 

@@ -76,7 +76,8 @@ def load_supernet(path: Path) -> SupernetCheckpoint:
     try:
         data = meta["data"]
         supernet = HybridSupernet(space, data["in_channels"], data["num_classes"], data["mean"], data["std"],
-                                  few_shot=bool(meta.get("few_shot", False)))
+                                  few_shot=bool(meta.get("few_shot", False)),
+                                  split_stem=bool(meta.get("split_stem", False)))
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path / META}: missing or malformed field {exc}") from None
     load_into(supernet, load_safetensors(path / WEIGHTS), path / WEIGHTS)

@@ -6,6 +6,8 @@ the stage runs, found through :mod:`compress.registry`.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -21,27 +23,35 @@ class ElasticStage(nn.Module):
     (``families[name]``, built by that family's plugin), of which an architecture runs one.
 
     The families never share block weights. With ``few_shot`` (few-shot NAS, split by block family) they do
-    not share the down-sampling convolution either, so no weight of a stage is trained by two families.
+    not share the down-sampling convolution either, so no weight of a stage is trained by two families. With
+    ``inputs`` (the first stage under ``split_stem``) each input width has its own down-sampling convolution
+    too, keyed ``<family or shared>@<width>``.
     """
 
-    def __init__(self, spec: StageSpec, max_in: int, few_shot: bool = False):
+    def __init__(self, spec: StageSpec, max_in: int, few_shot: bool = False, inputs: Sequence[int] = ()):
         super().__init__()
         max_dim = max(spec.width)
-        names = spec.blocks if few_shot and len(spec.blocks) > 1 else ["shared"]
-        self.downsamples = nn.ModuleDict({n: ElasticConvBNAct(max_in, max_dim, 3, spec.stride) for n in names})
+        self.by_family, self.inputs = few_shot and len(spec.blocks) > 1, tuple(inputs)
+        self.downsamples = nn.ModuleDict({
+            self._key(name, width): ElasticConvBNAct(width, max_dim, 3, spec.stride)
+            for name in (spec.blocks if self.by_family else ["shared"]) for width in (self.inputs or (max_in,))})
         self.families = nn.ModuleDict({
             name: get_family(name).elastic_blocks(spec.options(name), max_dim, max(spec.depth))
             for name in spec.blocks})
 
-    def downsample_of(self, block: str) -> ElasticConvBNAct:
-        return self.downsamples[block] if block in self.downsamples else self.downsamples["shared"]
+    def _key(self, block: str, in_ch: int) -> str:
+        name = block if self.by_family else "shared"
+        return f"{name}@{in_ch}" if self.inputs else name
+
+    def downsample_of(self, block: str, in_ch: int) -> ElasticConvBNAct:
+        return self.downsamples[self._key(block, in_ch)]
 
     @property
     def stride(self) -> int:
         return next(iter(self.downsamples.values())).stride
 
     def forward_tokens(self, x: torch.Tensor, arch: StageArch) -> tuple[torch.Tensor, int, int]:
-        return self.families[arch.block](self.downsample_of(arch.block)(x, arch.width), arch)
+        return self.families[arch.block](self.downsample_of(arch.block, x.shape[1])(x, arch.width), arch)
 
     def forward(self, x: torch.Tensor, arch: StageArch) -> torch.Tensor:
         tokens, height, width = self.forward_tokens(x, arch)
@@ -55,7 +65,7 @@ class ElasticStage(nn.Module):
     def extract(self, in_ch: int, arch: StageArch, pool: bool) -> nn.Module:
         cfg = self.static_config(arch)
         static = get_family(arch.block).static_stage(in_ch, arch.width, cfg["stride"], cfg["blocks"], pool)
-        static.downsample = self.downsample_of(arch.block).extract(in_ch, arch.width)
+        static.downsample = self.downsample_of(arch.block, in_ch).extract(in_ch, arch.width)
         self.families[arch.block].extract_into(static, arch)
         return static
 
@@ -65,19 +75,28 @@ class HybridSupernet(nn.Module):
 
     ``set_active(arch)`` selects the subnet that ``forward`` runs; every subnet reads slices of the same
     parameters. ``extract_subnet`` turns the active slices into a standalone :class:`HybridNet`.
+
+    ``split_stem`` (few-shot NAS, split on the stem width): each stem width has its own stem convolution
+    (``stems[str(width)]``) and its own down-sampling convolution in the first stage, so a narrow stem is not
+    the first channels of the wide one; everything after that is shared.
     """
 
     def __init__(self, space: SearchSpace, in_channels: int, num_classes: int, mean: list[float], std: list[float],
-                 few_shot: bool = False):
+                 few_shot: bool = False, split_stem: bool = False):
         super().__init__()
-        self.space, self.few_shot = space, few_shot
+        stem = space.stem
+        self.space, self.few_shot, self.split_stem = space, few_shot, split_stem and len(stem.width) > 1
         self.in_channels, self.num_classes = in_channels, num_classes
         self.normalize = Normalize(mean, std)
-        self.stem = ElasticConvBNAct(in_channels, max(space.stem.width), space.stem.kernel_size, space.stem.stride)
+        if self.split_stem:
+            self.stems = nn.ModuleDict({str(w): ElasticConvBNAct(in_channels, w, stem.kernel_size, stem.stride)
+                                        for w in stem.width})
+        else:  # one stem whose narrower widths are slices (its parameter names are those of older checkpoints)
+            self.stem = ElasticConvBNAct(in_channels, max(stem.width), stem.kernel_size, stem.stride)
         self.stages = nn.ModuleList()
-        max_in = max(space.stem.width)
-        for spec in space.stages:
-            self.stages.append(ElasticStage(spec, max_in, few_shot))
+        max_in = max(stem.width)
+        for i, spec in enumerate(space.stages):
+            self.stages.append(ElasticStage(spec, max_in, few_shot, stem.width if self.split_stem and i == 0 else ()))
             max_in = max(spec.width)
         self.classifier = ElasticLinear(max_in, num_classes)
         self.active: Arch = space.largest()
@@ -85,9 +104,12 @@ class HybridSupernet(nn.Module):
     def set_active(self, arch: Arch) -> None:
         self.active = arch
 
+    def stem_of(self, width: int) -> ElasticConvBNAct:
+        return self.stems[str(width)] if self.split_stem else self.stem
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         arch = self.active
-        x = self.stem(self.normalize(x), arch.stem_width)
+        x = self.stem_of(arch.stem_width)(self.normalize(x), arch.stem_width)
         for stage, stage_arch in zip(self.stages[:-1], arch.stages[:-1]):
             x = stage(x, stage_arch)
         tokens, _, _ = self.stages[-1].forward_tokens(x, arch.stages[-1])
@@ -121,7 +143,7 @@ def extract_subnet(supernet: HybridSupernet, arch: Arch) -> HybridNet:
     supernet.space.check(arch)
     static = HybridNet(subnet_config(supernet, arch))
     static.normalize.load_state_dict(supernet.normalize.state_dict())
-    static.stem = supernet.stem.extract(supernet.in_channels, arch.stem_width)
+    static.stem = supernet.stem_of(arch.stem_width).extract(supernet.in_channels, arch.stem_width)
     in_ch = arch.stem_width
     for i, (stage, stage_arch) in enumerate(zip(supernet.stages, arch.stages)):
         static.stages[i] = stage.extract(in_ch, stage_arch, pool=i == len(arch.stages) - 1)

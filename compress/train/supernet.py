@@ -7,7 +7,7 @@ step is one graph and runs unchanged under DistributedDataParallel. Every rank d
 
 Options that help inherited accuracy rank architectures (recipe ``supernet:``): ``kd_loss: alpha`` (AlphaNet's
 adaptive alpha-divergence instead of KL) or ``labels`` (no in-place distillation: the students learn from the labels), ``few_shot: true`` (no weight of a stage shared by two block
-families), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient loses its component against the
+families), ``split_stem: true`` (each stem width its own stem and first down-sampling convolution), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient loses its component against the
 largest subnet's where they conflict; two backward passes, one process), ``subnet_sampling: size`` (the random
 subnets spread over the size range instead of mostly mid-sized, every choice drawn near one level), ``subnet_sampling:
 macs`` (AttentiveNAS: a MACs target per random subnet, stratified over the range, met by the closest of a few
@@ -159,7 +159,8 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
     seed = cfg.training_seed(recipe.seed)
     set_seed(seed)
     data = data or loaded.load_data()
-    supernet = HybridSupernet(space, data.in_channels, data.num_classes, data.mean, data.std, few_shot=cfg.few_shot)
+    supernet = HybridSupernet(space, data.in_channels, data.num_classes, data.mean, data.std, few_shot=cfg.few_shot,
+                              split_stem=cfg.split_stem)
     if cfg.gradient_projection and accelerator.num_processes > 1:
         raise CompressError("supernet.gradient_projection projects each process's own gradients and is only "
                             "supported in one process; train without it or with one process")
@@ -279,6 +280,7 @@ def train_supernet(loaded: LoadedRecipe, run_dir: Path, data: DatasetSplits | No
             "resumed_from_epoch": start_epoch,
             "processes": accelerator.num_processes,
             "few_shot": cfg.few_shot,
+            "split_stem": cfg.split_stem,
             "metrics": metrics,
             "versions": package_versions(),
         }
