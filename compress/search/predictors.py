@@ -23,7 +23,8 @@ pin down. The ``additive`` regressor (:class:`AdditiveRegressor`) fits it on the
 alone (MACs and layers per family and precision, fp32/INT8 boundaries), with non-negative costs. On 306
 distinct mosaic candidates of six studies (``bench_search.py``, fitted on one study's 60 trials, 5 random
 splits): 67% within +-10% and MAPE 8.2%, against 56% and 10.6% for the GP on every feature (Kendall 0.86
-against 0.83); with 75% of the candidates to fit on the two meet (74% against 73%). So the sampler fits
+against 0.83); on 304 photo-task candidates 64% and 9.3% against 53% and 11.4%. With 75% of the candidates to
+fit on the two meet (74% against 73%, 70% against 71%). So the sampler fits
 latency with it (:func:`default_kind`) and everything else with the GP.
 (A latency re-measured three times moves by ~11% between runs, bench_results/search_digits.md, so +-10% is near
 what any predictor can reach.)
