@@ -14,8 +14,9 @@ the trial's first parameter):
    spread of measured points, which random draws give.
 2. **Fit.** One regressor per objective and per constraint (:mod:`compress.search.predictors`) on the
    features of every completed trial: for latency, a non-negative sum of per-layer costs, for the rest a
-   Gaussian process (:func:`~compress.search.predictors.default_kind`). Too few completed trials, or a fit that fails, fall back to the
-   warm-up sampler for this trial with a log note (once per reason); the study never stops for it.
+   Gaussian process (:func:`~compress.search.predictors.default_kind`). Too few completed trials, or a fit
+   that fails, fall back to the warm-up sampler for this trial with a log note (once per reason); the study
+   never stops for it.
 3. **Candidates.** ``n_candidates`` parameter sets: half drawn at random from the parameters' distributions,
    half bred from the measured front (uniform crossover of two front trials, then mutation of each
    parameter with probability 1.5 / number of parameters). Candidates whose features equal those of a

@@ -6,13 +6,15 @@ step is one graph and runs unchanged under DistributedDataParallel. Every rank d
 (the subnet sampler is seeded per epoch), which DDP requires.
 
 Options that help inherited accuracy rank architectures (recipe ``supernet:``): ``kd_loss: alpha`` (AlphaNet's
-adaptive alpha-divergence instead of KL) or ``labels`` (no in-place distillation: the students learn from the labels), ``few_shot: true`` (no weight of a stage shared by two block
-families), ``split_stem: true`` (each stem width its own stem and first down-sampling convolution), ``gradient_projection: true`` (NASViT: the sampled subnets' gradient loses its component against the
-largest subnet's where they conflict; two backward passes, one process), ``subnet_sampling: size`` (the random
-subnets spread over the size range instead of mostly mid-sized, every choice drawn near one level), ``subnet_sampling:
-macs`` (AttentiveNAS: a MACs target per random subnet, stratified over the range, met by the closest of a few
-uniform draws, so mixed configurations stay as likely as in uniform sampling), ``teacher_families: cycle`` (the
-largest subnet of a step takes every combination of block families in turn, see :func:`teacher_archs`).
+adaptive alpha-divergence instead of KL) or ``labels`` (no in-place distillation: the students learn from the
+labels), ``few_shot: true`` (no weight of a stage shared by two block families), ``split_stem: true`` (each stem
+width its own stem and first down-sampling convolution), ``gradient_projection: true`` (NASViT: the sampled
+subnets' gradient loses its component against the largest subnet's where they conflict; two backward passes,
+one process), ``subnet_sampling: size`` (the random subnets spread over the size range instead of mostly
+mid-sized, every choice drawn near one level), ``subnet_sampling: macs`` (AttentiveNAS: a MACs target per
+random subnet, stratified over the range, met by the closest of a few uniform draws, so mixed configurations
+stay as likely as in uniform sampling), ``teacher_families: cycle`` (the largest subnet of a step takes every
+combination of block families in turn, see :func:`teacher_archs`).
 ``heads_mode: regroup`` of the attention families is a search-space option (see compress/families/attn.py).
 
 State is saved with ``accelerator.save_state`` every ``checkpoint_every`` epochs; a run that is interrupted
