@@ -323,6 +323,18 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("interrupted; completed work is saved and the command resumes where it stopped")
         return 130
     finally:
+        _destroy_process_group()
         package_logger.removeHandler(handler)
         package_logger.setLevel(saved[0])
         package_logger.propagate = saved[1]
+
+
+def _destroy_process_group() -> None:
+    """Take down the process group that a command under ``accelerate launch`` started, before the interpreter
+    exits. Left to interpreter teardown, gloo's worker threads can still hold tensors whose release needs the GIL,
+    and the rank aborts ("terminate called without an active exception", SIGABRT): seen once in CI, on the rank
+    that finished distilling first while rank 0 was still exporting. Destroying a gloo group is local (no peer
+    waits for it), so a rank that is done may do it while the others still work."""
+    distributed = sys.modules.get("torch.distributed")  # a command that never imported torch has no group
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()

@@ -83,6 +83,26 @@ def test_two_processes_on_cpu_each_see_their_share(student, tmp_path, compress_c
     assert f"(recorded {config['metrics']['accuracy']:.4f})" in proc.stdout
 
 
+@pytest.mark.parametrize("ok", [True, False], ids=["command succeeds", "command fails"])
+def test_the_cli_takes_down_the_process_group_it_ran_in(tmp_path, ok):
+    """A rank that leaves its gloo group to interpreter teardown can abort (SIGABRT, "terminate called without an
+    active exception": once in CI, in the two-rank distillation above, on the rank that finished first). The CLI
+    destroys the group before it returns, whatever the command's outcome."""
+    import torch.distributed as dist
+
+    from compress.cli import main
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(tmp_path) if ok else tmp_path / "no-such-recipe.yaml"
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["validate", str(recipe)]) == (0 if ok else 2)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @pytest.mark.slow
 def test_killed_after_first_checkpoint_resumes(student, tmp_path):
     recipe, path = student
