@@ -26,6 +26,7 @@ truth, and an interrupted run resumes where it stopped.
     python scripts/bench_supernet_ranking.py --task mosaic --ablation baseline=runs/a/supernet \\
         --ablation few-shot=runs/b/supernet                                     # one row per training option
     python scripts/bench_supernet_ranking.py --task data/photo-patches --ground-truth-only --jobs 2
+    python scripts/bench_supernet_ranking.py --task data/photo-patches --cached-only   # what is cached so far
     python scripts/bench_supernet_ranking.py --task mosaic --recovery-steps 50,200   # and after recovery steps
     python scripts/bench_supernet_ranking.py --task mosaic --calibration-draws 5   # and with 4 other BN draws
 
@@ -35,7 +36,8 @@ results are then labelled as a reduced budget. Results: bench_results/supernet_r
 (``..._ablation.md/.json`` with ``--ablation``: the table keeps the rows of options measured earlier on the same
 architectures, and replaces a row measured again under the same name). ``--ground-truth-only`` trains and
 caches the stand-alone models alone, no supernet needed: the slow half, which an interrupted run or another
-session picks up where it stopped.
+session picks up where it stopped. ``--cached-only`` ranks a supernet on the architectures already cached and
+trains none, labelled partial: a first look while the ground truth is still being trained.
 """
 
 from __future__ import annotations
@@ -221,6 +223,9 @@ class GroundTruth:
     def model_hash(self, arch: Arch) -> str:
         config = subnet_config(self.supernet, arch)
         return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+    def cached(self, arch: Arch, seed: int) -> bool:
+        return self.cache.get(self.key(arch, seed)) is not None
 
     def __call__(self, arch: Arch, seed: int) -> tuple[float, float, bool]:
         key = self.key(arch, seed)
@@ -440,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                              "figure owes to which images recalibrated the subnets)")
     parser.add_argument("--ground-truth-only", action="store_true",
                         help="only train and cache the stand-alone models (both seeds); no supernet is needed")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="rank only the architectures whose stand-alone results are cached, training none "
+                             "(a partial figure while the ground truth is still being trained)")
     args = parser.parse_args(argv)
     args.recovery = parse_steps(args.recovery_steps)
     if args.recovery is None:
@@ -463,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         ablation.append((name, Path(path)))
+    if args.cached_only and (ablation or args.ground_truth_only):
+        print("error: --cached-only ranks one supernet; it does not combine with --ablation or --ground-truth-only",
+              file=sys.stderr)
+        return 2
     try:
         loaded = with_epochs(load_recipe(resolve_task(args.task)), args.epochs)
     except CompressError as exc:
@@ -493,8 +505,17 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
                                          pool_size=args.pool)
     truth = GroundTruth(loaded, data, checkpoint.supernet, ResultCache(CACHE))
     picks = noise_picks(len(archs), args.noise_archs)
-    prefetch(truth, [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1) for i in picks],
-             args.jobs, loaded.path, args.epochs, checkpoint.path)
+    planned = len(archs)
+    if args.cached_only:
+        archs, picks = cached_subset(truth, archs, picks, recipe.seed)
+        print(f"--cached-only: {len(archs)} of {planned} architectures have a cached stand-alone result, "
+              f"{len(picks)} of them a second seed too", flush=True)
+        if len(archs) < 3:
+            raise CompressError(f"--cached-only: {len(archs)} of the {planned} architectures are cached; a ranking "
+                                "needs at least 3 (train them with --ground-truth-only)")
+    else:
+        prefetch(truth, [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1) for i in picks],
+                 args.jobs, loaded.path, args.epochs, checkpoint.path)
     rows = inherited_rows(checkpoint, context, archs, truth, recipe.seed, recovery=args.recovery, recipe=recipe,
                           weight=args.recovery_weight, draws=args.calibration_draws)
 
@@ -517,7 +538,11 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
               f"{load_recipe(loaded.path).recipe.supernet.epochs}, and the same {cfg.epochs} epochs for each "
               "stand-alone training; figures at this budget are not the full benchmark.") if reduced else \
         f"Full budget: the recipe's {cfg.epochs} supernet epochs."
+    partial = [f"**Partial**: only the {len(rows)} of the {planned} architectures whose stand-alone results were "
+               "cached when this ran (`--cached-only`), so the figures below are not the benchmark's.", ""] \
+        if len(rows) < planned else []
     md = [f"## Supernet ranking on `{loaded.name}` ({len(rows)} architectures, {cfg.epochs} epochs)", "", budget, "",
+          *partial,
           f"Supernet: {meta.get('train_seconds_this_session')} s of training ({meta.get('epochs')} epochs"
           + (f", resumed from epoch {meta['resumed_from_epoch']}" if meta.get("resumed_from_epoch") else "")
           + "); val accuracy of its extremes: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in meta["metrics"].items())
@@ -555,6 +580,7 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
     md += [f"Plot: `{plot_path.name}` (inherited against stand-alone accuracy, marker by last-stage family).", ""]
     write_results(f"supernet_ranking_{tag}", {
         "task": loaded.name, "recipe": str(loaded.path), "reduced_budget": reduced, "epochs": cfg.epochs,
+        "architectures_planned": planned,
         "setting": truth.setting, "code_version": truth.code, "data_fingerprint": truth.data_hash,
         "supernet": {"path": str(checkpoint.path), "train_seconds": meta.get("train_seconds_this_session"),
                      "metrics": meta["metrics"]},
@@ -562,6 +588,14 @@ def run_ranking(loaded: LoadedRecipe, args, tag: str, reduced: bool) -> int:
         "recovery_weight": args.recovery_weight, "seed_sd": seed_sd, "ceiling": ceiling,
         "environment": environment()}, "\n".join(md) + "\n")
     return 0
+
+
+def cached_subset(truth: GroundTruth, archs: list[tuple[Arch, int]], picks: list[int],
+                  seed: int) -> tuple[list[tuple[Arch, int]], list[int]]:
+    """The architectures whose stand-alone result for ``seed`` is cached, and the noise picks (as indices into
+    that subset) whose second seed is cached too."""
+    keep = [i for i, (arch, _) in enumerate(archs) if truth.cached(arch, seed)]
+    return [archs[i] for i in keep], [keep.index(i) for i in picks if i in keep and truth.cached(archs[i][0], seed + 1)]
 
 
 def plain_supernet(loaded: LoadedRecipe, data) -> HybridSupernet:

@@ -297,6 +297,38 @@ def test_ground_truth_only_trains_each_model_once_without_a_supernet(tmp_path, m
     assert "3 cached" in capsys.readouterr().out
 
 
+def test_cached_only_ranks_what_is_cached_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    photos = {name: _photo(i, 480, 480) for i, name in enumerate("abcd")}
+    task = tmp_path / "task"
+    make_photo_task.build(task, train_per_class=16, val_per_class=4, seed=0, photos=photos)
+    monkeypatch.setattr(bench, "CACHE", tmp_path / "standalone.json")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(benchlib, "RESULTS", tmp_path / "results")
+    common = ["--task", str(task), "--archs", "4", "--noise-archs", "2", "--epochs", "2", "--pool", "2"]
+    assert bench.main([*common, "--ground-truth-only"]) == 0
+    cache = json.loads((tmp_path / "standalone.json").read_text())
+    assert len(cache) == 6
+    # Drop the first seed of one architecture that was also trained with a second seed: it leaves the ranking,
+    # and so does its noise pair; the other noise pair stays.
+    dropped = next(k for k, e in cache.items() if e["seed"] == 0 and any(
+        o["seed"] == 1 and o["arch"] == e["arch"] for o in cache.values()))
+    arch = cache.pop(dropped)["arch"]
+    (tmp_path / "standalone.json").write_text(json.dumps(cache))
+
+    def untrained(*args, **kwargs):
+        raise AssertionError("--cached-only trained a model")
+
+    monkeypatch.setattr(bench, "finetune", untrained)
+    capsys.readouterr()
+    assert bench.main([*common, "--cached-only", "--run-dir", str(tmp_path / "run")]) == 0
+    assert "3 of 4 architectures have a cached stand-alone result, 1 of them a second seed too" in capsys.readouterr().out
+    result = json.loads((tmp_path / "results" / "supernet_ranking_photos_2ep.json").read_text())
+    assert result["architectures_planned"] == 4 and len(result["rows"]) == 3 and len(result["noise"]) == 1
+    assert arch not in {r["arch"] for r in result["rows"]} and all(r["cached"] for r in result["rows"])
+    assert "**Partial**: only the 3 of the 4" in (tmp_path / "results" / "supernet_ranking_photos_2ep.md").read_text()
+    assert bench.main([*common, "--cached-only", "--ablation", f"x={tmp_path}"]) == 2
+
+
 def test_choice_bias_averages_the_gap_per_value_of_a_choice(space):
     # Four architectures: those with attention in stage 1 inherit 2 points below stand-alone, conv ones exactly;
     # every other choice is balanced between the two, so only the family shows a difference.
