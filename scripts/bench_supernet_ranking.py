@@ -274,7 +274,7 @@ def prefetch(truth: GroundTruth, wanted: list[tuple[Arch, int, int]], jobs: int,
 
     if jobs <= 1:
         return
-    missing = sorted(((a, m, s) for a, m, s in wanted if truth.cache.get(truth.key(a, s)) is None),
+    missing = sorted(((a, m, s) for a, m, s in wanted if not truth.cached(a, s)),
                      key=lambda t: -t[1])
     if not missing:
         return
@@ -735,7 +735,7 @@ def run_ground_truth(loaded: LoadedRecipe, args) -> int:
     truth = GroundTruth(loaded, data, supernet, ResultCache(CACHE))
     wanted = [(a, m, recipe.seed) for a, m in archs] + [(*archs[i], recipe.seed + 1)
                                                         for i in noise_picks(len(archs), args.noise_archs)]
-    cached = sum(truth.cache.get(truth.key(a, s)) is not None for a, _, s in wanted)
+    cached = sum(truth.cached(a, s) for a, _, s in wanted)
     print(f"{loaded.name}: {len(wanted)} stand-alone models ({truth.steps} steps each), {cached} cached", flush=True)
     prefetch(truth, wanted, args.jobs, loaded.path, args.epochs, None)
     # One process (or what the workers left): largest first, as prefetch orders them.
