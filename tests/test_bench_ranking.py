@@ -146,6 +146,20 @@ def test_photo_task_tree_loads_as_an_imagefolder_recipe(tmp_path):
     assert bench.data_fingerprint(data) != ""
     assert bench.with_epochs(loaded, 3).recipe.supernet.epochs == 3
     assert bench.with_epochs(loaded, 3).supernet_key() != loaded.supernet_key()
+    assert (loaded.name, loaded.recipe.supernet.epochs) == ("photos", 60)
+
+
+def test_a_larger_photo_task_gets_its_own_name_and_budget(tmp_path):
+    from compress.recipe import load_recipe
+
+    photos = {name: _photo(i, 480, 480) for i, name in enumerate("ab")}
+    out = tmp_path / "large"
+    task = make_photo_task.build(out, train_per_class=20, val_per_class=8, seed=0, photos=photos,
+                                 name="photos-large", epochs=4)
+    loaded = load_recipe(bench.resolve_task(str(out)))
+    assert (loaded.name, loaded.recipe.supernet.epochs) == ("photos-large", 4)
+    assert (task["name"], task["epochs"]) == ("photos-large", 4)
+    assert len(loaded.load_data().val) == 16
 
 
 def test_bad_arguments_exit_2_with_one_line(capsys):
@@ -155,6 +169,9 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     assert bench.main(["--ablation", "nodir"]) == 2
     assert "NAME=CHECKPOINT_DIR" in capsys.readouterr().err
     assert make_photo_task.main(["--val-per-class", "0", "--out", "/nonexistent/x"]) == 2
+    assert make_photo_task.main(["--name", "../up", "--out", "/nonexistent/x"]) == 2
+    assert "--name" in capsys.readouterr().err
+    assert make_photo_task.main(["--epochs", "0", "--out", "/nonexistent/x"]) == 2
 
 
 def test_standalone_accuracy_trains_a_fresh_model(space):
