@@ -21,6 +21,8 @@ truth, and an interrupted run resumes where it stopped.
 
     python scripts/bench_supernet_ranking.py --task mosaic                       # recipes/mosaic.yaml
     python scripts/make_photo_task.py && python scripts/bench_supernet_ranking.py --task data/photo-patches
+    python scripts/make_photo_task.py --out data/photo-patches-large --train-per-class 1500 --val-per-class 400 \
+        --name photos-large --epochs 4 && python scripts/bench_supernet_ranking.py --task data/photo-patches-large
     python scripts/bench_supernet_ranking.py --task mosaic --archs 8 --noise-archs 2 --epochs 4   # quick look
     python scripts/bench_supernet_ranking.py --task mosaic --jobs 2     # stand-alone trainings on two cores
     python scripts/bench_supernet_ranking.py --task mosaic --ablation baseline=runs/a/supernet \\
