@@ -129,6 +129,26 @@ def test_two_survivors_failing_the_same_dead_trial_do_not_crash_or_requeue_twice
     assert states.count(TrialState.FAIL) == 1 and states.count(TrialState.WAITING) == 1  # re-queued once
 
 
+def test_a_new_trial_made_while_a_retry_was_queued_yields_to_the_retry(tmp_path):
+    """Worker A fails a dead trial and queues its retry while worker B's ask, which found nothing waiting a
+    moment before, makes a new trial numbered after the retry (seen in CI on PostgreSQL: 7 completed trials of
+    6). With one trial left in the budget, the retry runs and the new trial is surplus."""
+    from compress.search.study import trials_ahead
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'study.db'}"), directions=["maximize"])
+    for value in range(4):
+        study.add_trial(optuna.trial.create_trial(value=float(value)))
+    study.enqueue_trial({"x": 1})  # the retry: trial 4, waiting
+    storage = study._storage
+    newer = storage.get_trial_number_from_id(storage.create_new_trial(study._study_id))  # B's trial: 5, running
+    n_trials = 5
+    assert newer == 5
+    assert trials_ahead(study, newer) == 5 >= n_trials  # B's trial counts the waiting retry: surplus
+    assert trials_ahead(study, 4) == 4 < n_trials  # the retry itself still runs
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # 6, failed
+    assert trials_ahead(study, 7) == 6  # a failed trial does not count
+
+
 def test_workers_opening_a_new_database_together_all_get_the_storage(tmp_path, monkeypatch):
     """Workers started together on a new database all create Optuna's tables and all but one lose that race
     (measured: 3 of 8 rounds of four workers on a new SQLite file); a loser opens the storage again, while an

@@ -3,7 +3,7 @@ completed trials.
 
 Every worker — one process, or many on many machines sharing a PostgreSQL storage — runs this loop. It starts
 one trial at a time and only while ``completed + running < n_trials``; a trial that finds, once started, that
-enough earlier trials are complete or running is pruned as surplus. So the study ends with exactly
+enough earlier trials are complete, running or waiting is pruned as surplus. So the study ends with exactly
 ``n_trials`` completed trials and no trial evaluated twice. Trials of dead workers are failed (at once for
 this host, after the heartbeat grace period elsewhere) and, if the recipe asks, re-queued.
 """
@@ -38,6 +38,7 @@ from compress.search.study import (
     fail_dead_local_trials,
     make_storage,
     open_study,
+    trials_ahead,
     worker_id,
 )
 from compress.search.suggest import baseline_specs, params_of, suggest_spec
@@ -150,9 +151,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
     versions = package_versions()
 
     def objective(trial: optuna.Trial) -> list[float]:
-        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-                 if t.number < trial.number]
-        if len(ahead) >= n_trials:
+        if trials_ahead(study, trial.number) >= n_trials:
             trial.set_user_attr(PRUNE_REASON, "surplus: the study already had enough trials")
             raise optuna.TrialPruned("surplus")
         trial.set_user_attr(WORKER_ATTR, me)
