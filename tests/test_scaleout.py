@@ -149,6 +149,25 @@ def test_a_new_trial_made_while_a_retry_was_queued_yields_to_the_retry(tmp_path)
     assert trials_ahead(study, 7) == 6  # a failed trial does not count
 
 
+def test_a_worker_waits_for_a_fresh_failure_to_settle_before_taking_the_last_slot(tmp_path):
+    """The other half of that race: worker A has failed a dead trial but not yet queued its retry, and worker B,
+    seeing one slot left, would take it with a new trial, so the retry never runs. B waits until the failures
+    it has seen are settle_s old; failures older than B itself do not hold it up."""
+    from compress.search.study import FailureWatch
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 'study.db'}"), directions=["maximize"])
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # failed before this worker started
+    now = [100.0]
+    watch = FailureWatch(study, settle_s=2.0, clock=lambda: now[0])
+    assert not watch.unsettled(study)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # failed just now by another worker
+    assert watch.unsettled(study)
+    now[0] += 1.5
+    assert watch.unsettled(study)
+    now[0] += 1.0
+    assert not watch.unsettled(study)
+
+
 def test_workers_opening_a_new_database_together_all_get_the_storage(tmp_path, monkeypatch):
     """Workers started together on a new database all create Optuna's tables and all but one lose that race
     (measured: 3 of 8 rounds of four workers on a new SQLite file); a loser opens the storage again, while an

@@ -5,7 +5,9 @@ Every worker — one process, or many on many machines sharing a PostgreSQL stor
 one trial at a time and only while ``completed + running < n_trials``; a trial that finds, once started, that
 enough earlier trials are complete, running or waiting is pruned as surplus. So the study ends with exactly
 ``n_trials`` completed trials and no trial evaluated twice. Trials of dead workers are failed (at once for
-this host, after the heartbeat grace period elsewhere) and, if the recipe asks, re-queued.
+this host, after the heartbeat grace period elsewhere) and, if the recipe asks, re-queued; a worker about to
+take the last slot first lets a failure it has just seen settle, so that a retry still being queued is not
+left out (``FailureWatch``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from compress.search.outputs import BASELINE_ATTR, write_outputs
 from compress.search.record import PRUNE_REASON, TrialRecord, record_failure, record_result, record_start
 from compress.search.study import (
     STUDY_ATTR_MODEL_IO,
+    FailureWatch,
     WORKER_ATTR,
     count_states,
     default_storage_url,
@@ -182,6 +185,7 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
     bar = tqdm(total=total, desc="search", unit="trial", disable=not interactive, file=sys.stderr, dynamic_ncols=True)
     reported: set[int] = set()
     failures_in_a_row = 0
+    failures = FailureWatch(study)
     while True:
         fail_dead_local_trials(study, cfg.retry_failed, log=log)
         optuna.storages.fail_stale_trials(study)
@@ -194,6 +198,9 @@ def run_search(loaded: LoadedRecipe, run_dir: Path, *, storage: str | None = Non
             break
         if done + counts[TrialState.RUNNING] >= n_trials:
             time.sleep(2.0)  # other workers are finishing the last trials; one of them may still fail
+            continue
+        if done + counts[TrialState.RUNNING] + 1 >= n_trials and failures.unsettled(study):
+            time.sleep(0.5)  # the last slot: a trial failed a moment ago and its retry may not be queued yet
             continue
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)

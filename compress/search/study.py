@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 import time
@@ -352,6 +353,29 @@ def trials_ahead(study: optuna.Study, number: int) -> int:
     over its total (seen in CI on PostgreSQL: 7 completed trials of 6)."""
     live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
     return sum(t.number < number for t in study.get_trials(deepcopy=False, states=live))
+
+
+class FailureWatch:
+    """When this worker first saw each failed trial, so that it does not take the study's last slot while a
+    retry may still be on its way.
+
+    A dead worker's trial is failed and then re-queued in two steps (Optuna's heartbeat callback,
+    :func:`fail_dead_local_trials`, a device failure), and another worker that starts a new trial between the
+    two takes the slot the retry needed; with the last slot, the retry is never run. So a worker about to take
+    the last slot first waits until every failure it has seen is ``settle_s`` old: by then the retry, if any,
+    is queued, and a queued trial runs before any new one. Failures already in the study when the worker
+    started count as settled. Times are this worker's own clock, so clock skew between machines plays no part.
+    """
+
+    def __init__(self, study: optuna.Study, settle_s: float = 2.0, clock=time.monotonic):
+        self.settle_s, self.clock = settle_s, clock
+        self.first_seen = {t.number: -math.inf for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+
+    def unsettled(self, study: optuna.Study) -> bool:
+        now = self.clock()
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            self.first_seen.setdefault(trial.number, now)
+        return any(now - seen < self.settle_s for seen in self.first_seen.values())
 
 
 def count_states(study: optuna.Study) -> dict[TrialState, int]:
