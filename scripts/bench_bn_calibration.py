@@ -19,7 +19,7 @@ import time
 import torch
 from benchlib import environment, resolve_task, trained_context, write_results
 
-from compress.data.loaders import BN_BATCH_SIZE, calibration_batches
+from compress.data.loaders import BN_BATCH_SIZE, reference_batches
 from compress.measure.accuracy import accuracy
 from compress.supernet.subnet import calibrated_subnet
 
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     loaded, _, context = trained_context(str(resolve_task(args.task)), supernet=args.supernet)
     supernet, data, seed = context.supernet, context.data, loaded.recipe.seed
-    batches = {n: calibration_batches(data.train, n, BN_BATCH_SIZE, seed=seed) for n in counts}
+    batches = {n: reference_batches(data.train, seed, bn=n).bn for n in counts}  # the images a trial draws
     archs = {"smallest": supernet.space.smallest(), "largest": supernet.space.largest()}
     calib = {(name, n): [] for name in archs for n in counts}
     evaluate = {name: [] for name in archs}
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 model = calibrated_subnet(supernet, arch, batches[n])
                 calib[name, n].append(time.perf_counter() - start)
-            start = time.perf_counter()
+            start = time.perf_counter()  # the last count's model: evaluation costs the same whichever
             accuracy(model, data.val, batch_size=context.eval_batch_size)
             evaluate[name].append(time.perf_counter() - start)
 
